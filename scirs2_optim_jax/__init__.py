@@ -1,0 +1,33 @@
+"""scirs2-optim-jax: optax-compatible optimizers for JAX, sharding- and memory-aware.
+
+Everything here is a re-export; the implementations live in topical modules.
+"""
+
+from scirs2_optim_jax.optimizers import (
+    adagrad,
+    adam,
+    adamw,
+    lamb,
+    lars,
+    lion,
+    radam,
+    rmsprop,
+    sgd,
+)
+from scirs2_optim_jax.transforms import *  # noqa: F403
+from scirs2_optim_jax.transforms import __all__ as _transforms_all
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "adagrad",
+    "adam",
+    "adamw",
+    "lamb",
+    "lars",
+    "lion",
+    "radam",
+    "rmsprop",
+    "sgd",
+    *_transforms_all,
+]

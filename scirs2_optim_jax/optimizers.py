@@ -1,0 +1,425 @@
+"""Optimizer aliases: thin chains of transforms with optax-compatible signatures.
+
+Every alias takes the same arguments, in the same order and with the same defaults, as the
+optax 0.2.8 optimizer of the same name; options optax lacks are keyword-only. The aliases
+hold no math: each is an ``optax.chain`` of the transforms in
+:mod:`scirs2_optim_jax.transforms`, so their states are the same nested tuples of
+NamedTuples that users inspect and checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from scirs2_optim_jax import validation as v
+from scirs2_optim_jax.transforms.adaptive import (
+    scale_by_adam,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
+)
+from scirs2_optim_jax.transforms.learning_rate import scale_by_learning_rate
+from scirs2_optim_jax.transforms.masking import Mask
+from scirs2_optim_jax.transforms.momentum import scale_by_lion, trace
+from scirs2_optim_jax.transforms.norms import AxisName
+from scirs2_optim_jax.transforms.trust_ratio import (
+    scale_by_lars_trust_ratio,
+    scale_by_trust_ratio,
+)
+from scirs2_optim_jax.transforms.weight_decay import add_decayed_weights
+
+__all__ = ["adagrad", "adam", "adamw", "lamb", "lars", "lion", "radam", "rmsprop", "sgd"]
+
+Schedule = Any  # float, jax scalar, or callable count -> value
+
+
+def adam(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Adam: ``scale_by_adam`` then the learning rate.
+
+    Args:
+        learning_rate: a finite number >= 0 or a schedule.
+        b1, b2, eps, eps_root, mu_dtype, nesterov: see :func:`scale_by_adam`.
+        nu_dtype: dtype of the second moment (keyword-only; optax has none).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> params = jnp.array([1.0, -2.0])
+        >>> tx = adam(0.1)
+        >>> state = tx.init(params)
+        >>> for _ in range(100):
+        ...     grads = jax.grad(lambda p: jnp.sum(p**2))(params)
+        ...     updates, state = tx.update(grads, state, params)
+        ...     params = optax.apply_updates(params, updates)
+        >>> bool(jnp.all(jnp.abs(params) < 0.1))
+        True
+
+    Reference: Kingma and Ba, "Adam: A Method for Stochastic Optimization", 2014.
+    """
+    with v.reraise_with_context("adam"):
+        return optax.chain(
+            scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+            scale_by_learning_rate(learning_rate),
+        )
+
+
+def adamw(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: Schedule = 1e-4,
+    mask: Mask = None,
+    *,
+    nesterov: bool = False,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """AdamW: Adam with decoupled weight decay, ``scale_by_adam -> add_decayed_weights ->
+    scale_by_learning_rate``.
+
+    Args:
+        learning_rate: a finite number >= 0 or a schedule.
+        b1, b2, eps, eps_root, mu_dtype, nesterov: see :func:`scale_by_adam`.
+        weight_decay: decay strength (>= 0) or a schedule; applied before the learning rate,
+            so the parameter shrinks by ``learning_rate * weight_decay`` per step.
+        mask: which leaves decay (None: all); a pytree of bools or a callable.
+        nu_dtype: dtype of the second moment (keyword-only; optax has none).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+        >>> tx = adamw(1e-3, weight_decay=0.1, mask={"w": True, "b": False})
+        >>> grads = {"w": jnp.zeros(2), "b": jnp.zeros(2)}
+        >>> updates, _ = tx.update(grads, tx.init(params), params)
+        >>> float(updates["w"][0]), float(updates["b"][0])
+        (-0.0001, 0.0)
+
+    Reference: Loshchilov and Hutter, "Decoupled Weight Decay Regularization", 2019.
+    """
+    with v.reraise_with_context("adamw"):
+        return optax.chain(
+            scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+            add_decayed_weights(weight_decay, mask),
+            scale_by_learning_rate(learning_rate),
+        )
+
+
+def lamb(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    eps_root: float = 0.0,
+    weight_decay: Schedule = 0.0,
+    mask: Mask = None,
+    *,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    axis_name: AxisName = None,
+) -> optax.GradientTransformationExtraArgs:
+    """LAMB: the AdamW direction rescaled per leaf by ``||param|| / ||direction||``.
+
+    Args:
+        learning_rate: a finite number >= 0 or a schedule.
+        b1, b2, eps, eps_root: see :func:`scale_by_adam`.
+        weight_decay: decay strength (>= 0) or a schedule.
+        mask: which leaves decay (None: all).
+        mu_dtype, nu_dtype: moment dtypes (keyword-only).
+        axis_name: mesh axis over which leaves are sharded, so the trust ratios use the
+            norms of whole leaves (keyword-only).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> params = {"w": jnp.array([3.0, 4.0])}
+        >>> tx = lamb(0.1)
+        >>> updates, _ = tx.update({"w": jnp.array([1.0, 1.0])}, tx.init(params), params)
+        >>> [round(float(x), 4) for x in updates["w"]]  # |update| = 0.1 * |param|
+        [-0.3536, -0.3536]
+
+    Reference: You et al., "Large Batch Optimization for Deep Learning: Training BERT in
+    76 minutes", 2020.
+    """
+    with v.reraise_with_context("lamb"):
+        return optax.chain(
+            scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype),
+            add_decayed_weights(weight_decay, mask),
+            scale_by_trust_ratio(axis_name=axis_name),
+            scale_by_learning_rate(learning_rate),
+        )
+
+
+def lars(
+    learning_rate: Schedule,
+    weight_decay: Schedule = 0.0,
+    weight_decay_mask: Mask = True,
+    trust_coefficient: float = 0.001,
+    eps: float = 0.0,
+    trust_ratio_mask: Mask = True,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    *,
+    accumulator_dtype: Any = None,
+    axis_name: AxisName = None,
+) -> optax.GradientTransformationExtraArgs:
+    """LARS: weight decay, a per-leaf trust ratio, the learning rate, then momentum.
+
+    Args:
+        learning_rate: a finite number >= 0 or a schedule.
+        weight_decay: decay strength (>= 0) or a schedule.
+        weight_decay_mask: which leaves decay (True: all).
+        trust_coefficient: LARS's ``eta``, > 0.
+        eps: added to the update norm in the trust ratio, >= 0.
+        trust_ratio_mask: which leaves get the trust ratio (True: all).
+        momentum: momentum coefficient, in [0, 1].
+        nesterov: use Nesterov momentum.
+        accumulator_dtype: dtype of the momentum trace (keyword-only).
+        axis_name: mesh axis over which leaves are sharded (keyword-only).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> params = {"w": jnp.array([3.0, 4.0])}
+        >>> tx = lars(1.0, trust_coefficient=0.1)
+        >>> updates, _ = tx.update({"w": jnp.array([1.0, 0.0])}, tx.init(params), params)
+        >>> [round(float(x), 4) for x in updates["w"]]
+        [-0.5, 0.0]
+
+    Reference: You et al., "Large Batch Training of Convolutional Networks", 2017.
+    """
+    v.check_in_range("lars", "momentum", momentum, 0.0, 1.0, include_high=True)
+    with v.reraise_with_context("lars"):
+        return optax.chain(
+            add_decayed_weights(weight_decay, mask=weight_decay_mask),
+            scale_by_lars_trust_ratio(
+                trust_coefficient, eps, mask=trust_ratio_mask, axis_name=axis_name
+            ),
+            scale_by_learning_rate(learning_rate),
+            trace(momentum, nesterov, accumulator_dtype),
+        )
+
+
+def sgd(
+    learning_rate: Schedule,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Stochastic gradient descent, with optional (Nesterov) momentum.
+
+    Args:
+        learning_rate: a finite number >= 0 or a schedule.
+        momentum: momentum coefficient in [0, 1], or None for plain SGD.
+        nesterov: use Nesterov momentum.
+        accumulator_dtype: dtype of the momentum trace.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> tx = sgd(0.5)
+        >>> updates, _ = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))
+        >>> float(updates["w"][0])
+        -1.0
+
+    Reference: Robbins and Monro, "A Stochastic Approximation Method", 1951.
+    """
+    if momentum is not None:
+        v.check_in_range("sgd", "momentum", momentum, 0.0, 1.0, include_high=True)
+    with v.reraise_with_context("sgd"):
+        momentum_tx = (
+            trace(momentum, nesterov, accumulator_dtype)
+            if momentum is not None
+            else optax.identity()
+        )
+        return optax.chain(momentum_tx, scale_by_learning_rate(learning_rate))
+
+
+def lion(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    mu_dtype: Any = None,
+    weight_decay: Schedule = 1e-3,
+    mask: Mask = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Lion: the sign of a momentum interpolation, decoupled weight decay, learning rate.
+
+    Args:
+        learning_rate: a finite number >= 0 or a schedule (Lion wants 3-10x smaller rates
+            than AdamW).
+        b1, b2, mu_dtype: see :func:`scale_by_lion`.
+        weight_decay: decay strength (>= 0) or a schedule.
+        mask: which leaves decay (None: all).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> params = {"w": jnp.zeros(2)}
+        >>> tx = lion(0.01)
+        >>> updates, _ = tx.update({"w": jnp.array([5.0, -0.1])}, tx.init(params), params)
+        >>> [float(x) for x in updates["w"]]
+        [-0.01, 0.01]
+
+    Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023.
+    """
+    with v.reraise_with_context("lion"):
+        return optax.chain(
+            scale_by_lion(b1, b2, mu_dtype),
+            add_decayed_weights(weight_decay, mask),
+            scale_by_learning_rate(learning_rate),
+        )
+
+
+def rmsprop(
+    learning_rate: Schedule,
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
+    *,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """RMSprop (optionally centred), the learning rate, then optional momentum.
+
+    Args:
+        learning_rate: a finite number >= 0 or a schedule.
+        decay, eps, initial_scale, eps_in_sqrt, bias_correction: see :func:`scale_by_rms`.
+        centered: divide by the running standard deviation instead of the RMS.
+        momentum: momentum coefficient in [0, 1], or None.
+        nesterov: use Nesterov momentum.
+        nu_dtype: dtype of the running averages (keyword-only).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> tx = rmsprop(0.1, decay=0.0, eps=1e-12)
+        >>> updates, _ = tx.update({"w": jnp.array([4.0])}, tx.init({"w": jnp.zeros(1)}))
+        >>> round(float(updates["w"][0]), 4)
+        -0.1
+
+    Reference: Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012.
+    """
+    if momentum is not None:
+        v.check_in_range("rmsprop", "momentum", momentum, 0.0, 1.0, include_high=True)
+    with v.reraise_with_context("rmsprop"):
+        scaling = scale_by_stddev if centered else scale_by_rms
+        momentum_tx = trace(momentum, nesterov) if momentum is not None else optax.identity()
+        return optax.chain(
+            scaling(decay, eps, initial_scale, eps_in_sqrt, bias_correction, nu_dtype=nu_dtype),
+            scale_by_learning_rate(learning_rate),
+            momentum_tx,
+        )
+
+
+def radam(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    threshold: float = 5.0,
+    *,
+    nesterov: bool = False,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Rectified Adam: ``scale_by_radam`` then the learning rate.
+
+    Args:
+        learning_rate: a finite number >= 0 or a schedule.
+        b1, b2, eps, eps_root, threshold, nesterov: see :func:`scale_by_radam`.
+        mu_dtype, nu_dtype: moment dtypes (keyword-only).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> tx = radam(0.1)
+        >>> updates, _ = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))
+        >>> round(float(updates["w"][0]), 4)
+        -0.2
+
+    Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", 2020.
+    """
+    with v.reraise_with_context("radam"):
+        return optax.chain(
+            scale_by_radam(
+                b1,
+                b2,
+                eps,
+                eps_root,
+                threshold,
+                nesterov=nesterov,
+                mu_dtype=mu_dtype,
+                nu_dtype=nu_dtype,
+            ),
+            scale_by_learning_rate(learning_rate),
+        )
+
+
+def adagrad(
+    learning_rate: Schedule,
+    initial_accumulator_value: float = 0.1,
+    eps: float = 1e-7,
+    *,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Adagrad: divide by the root of the running sum of squared gradients.
+
+    Args:
+        learning_rate: a finite number >= 0 or a schedule.
+        initial_accumulator_value, eps: see :func:`scale_by_rss`.
+        accumulator_dtype: dtype of the sum (keyword-only).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> tx = adagrad(1.0, initial_accumulator_value=0.0, eps=0.0)
+        >>> updates, _ = tx.update({"w": jnp.array([3.0])}, tx.init({"w": jnp.zeros(1)}))
+        >>> float(updates["w"][0])
+        -1.0
+
+    Reference: Duchi et al., "Adaptive Subgradient Methods for Online Learning", 2011.
+    """
+    with v.reraise_with_context("adagrad"):
+        return optax.chain(
+            scale_by_rss(initial_accumulator_value, eps, accumulator_dtype=accumulator_dtype),
+            scale_by_learning_rate(learning_rate),
+        )

@@ -1,0 +1,85 @@
+"""Elementary gradient transformations, one family per module."""
+
+from scirs2_optim_jax.transforms.adaptive import (
+    ScaleByAdamState,
+    ScaleByRmsState,
+    ScaleByRmsWithCountState,
+    ScaleByRssState,
+    ScaleByStddevState,
+    ScaleByStddevWithCountState,
+    scale_by_adam,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
+)
+from scirs2_optim_jax.transforms.clipping import (
+    adaptive_grad_clip,
+    clip,
+    clip_by_block_rms,
+    clip_by_global_norm,
+    clip_by_leaf_norm,
+    unitwise_norm,
+)
+from scirs2_optim_jax.transforms.learning_rate import (
+    ScaleByScheduleState,
+    scale,
+    scale_by_learning_rate,
+    scale_by_schedule,
+)
+from scirs2_optim_jax.transforms.momentum import (
+    ScaleByLionState,
+    TraceState,
+    scale_by_lion,
+    trace,
+)
+from scirs2_optim_jax.transforms.norms import (
+    global_norm,
+    leaf_norm,
+    leaf_sum_of_squares,
+    tree_sum_of_squares,
+)
+from scirs2_optim_jax.transforms.trust_ratio import (
+    scale_by_lars_trust_ratio,
+    scale_by_trust_ratio,
+)
+from scirs2_optim_jax.transforms.weight_decay import (
+    AddDecayedWeightsState,
+    add_decayed_weights,
+)
+
+__all__ = [
+    "AddDecayedWeightsState",
+    "ScaleByAdamState",
+    "ScaleByLionState",
+    "ScaleByRmsState",
+    "ScaleByRmsWithCountState",
+    "ScaleByRssState",
+    "ScaleByScheduleState",
+    "ScaleByStddevState",
+    "ScaleByStddevWithCountState",
+    "TraceState",
+    "adaptive_grad_clip",
+    "add_decayed_weights",
+    "clip",
+    "clip_by_block_rms",
+    "clip_by_global_norm",
+    "clip_by_leaf_norm",
+    "global_norm",
+    "leaf_norm",
+    "leaf_sum_of_squares",
+    "scale",
+    "scale_by_adam",
+    "scale_by_lars_trust_ratio",
+    "scale_by_learning_rate",
+    "scale_by_lion",
+    "scale_by_radam",
+    "scale_by_rms",
+    "scale_by_rss",
+    "scale_by_schedule",
+    "scale_by_stddev",
+    "scale_by_trust_ratio",
+    "trace",
+    "tree_sum_of_squares",
+    "unitwise_norm",
+]

@@ -1,0 +1,210 @@
+"""Argument and tree validation done at the boundary, before anything is traced.
+
+Factories call the ``check_*`` functions on their hyperparameters; every message names the
+function, the argument, the value and what was expected, e.g.
+``ValueError: adamw: learning_rate must be a finite number >= 0 or a schedule, got -0.1``.
+
+Values that are JAX tracers (hyperparameters injected by ``optax.inject_hyperparams`` inside
+a jitted step) cannot be inspected and are accepted as they are: they were validated when
+the hyperparameter state was created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = [
+    "check_bool",
+    "check_dtype",
+    "check_in_range",
+    "check_learning_rate",
+    "check_mask",
+    "check_non_negative",
+    "check_positive",
+    "check_tree_matches",
+    "reraise_with_context",
+]
+
+
+def _concrete_scalar(fn: str, name: str, value: Any) -> float | None:
+    """Returns ``value`` as a Python float, or None when it is traced and cannot be read."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be a number, got the bool {value!r}")
+    if isinstance(value, (int, float, np.number)):
+        return float(value)
+    if isinstance(value, (np.ndarray, jax.Array)):
+        if np.ndim(value) != 0:
+            raise ValueError(
+                f"{fn}: {name} must be a scalar, got an array of shape {np.shape(value)}"
+            )
+        if not np.issubdtype(np.asarray(value).dtype, np.number):
+            raise TypeError(f"{fn}: {name} must be a number, got dtype {np.asarray(value).dtype}")
+        return float(np.asarray(value))
+    raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__} {value!r}")
+
+
+def _finite(fn: str, name: str, value: Any, expected: str) -> float | None:
+    x = _concrete_scalar(fn, name, value)
+    if x is not None and not math.isfinite(x):
+        raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
+    return x
+
+
+def check_positive(fn: str, name: str, value: Any) -> None:
+    """Raises unless ``value`` is a finite number > 0."""
+    expected = "a finite number > 0"
+    x = _finite(fn, name, value, expected)
+    if x is not None and not x > 0:
+        raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
+
+
+def check_non_negative(fn: str, name: str, value: Any) -> None:
+    """Raises unless ``value`` is a finite number >= 0."""
+    expected = "a finite number >= 0"
+    x = _finite(fn, name, value, expected)
+    if x is not None and not x >= 0:
+        raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
+
+
+def check_in_range(
+    fn: str,
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    include_low: bool = True,
+    include_high: bool = False,
+) -> None:
+    """Raises unless ``value`` lies in the interval from ``low`` to ``high``."""
+    interval = f"{'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
+    expected = f"a number in {interval}"
+    x = _finite(fn, name, value, expected)
+    if x is None:
+        return
+    above = x >= low if include_low else x > low
+    below = x <= high if include_high else x < high
+    if not (above and below):
+        raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
+
+
+def check_learning_rate(fn: str, name: str, value: Any) -> None:
+    """Raises unless ``value`` is a finite number >= 0 or a callable schedule."""
+    if callable(value):
+        return
+    expected = "a finite number >= 0 or a schedule (callable)"
+    try:
+        x = _finite(fn, name, value, expected)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be {expected}, got {value!r}") from None
+    if x is not None and not x >= 0:
+        raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
+
+
+def check_schedule_or_non_negative(fn: str, name: str, value: Any) -> None:
+    """Like :func:`check_learning_rate`; used for weight decay, which may also be scheduled."""
+    check_learning_rate(fn, name, value)
+
+
+def check_bool(fn: str, name: str, value: Any) -> None:
+    """Raises unless ``value`` is a Python bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be a bool, got {value!r}")
+
+
+def check_dtype(fn: str, name: str, value: Any) -> Any:
+    """Returns ``value`` as a canonical floating ``jnp.dtype`` (None stays None)."""
+    if value is None:
+        return None
+    try:
+        dtype = jax.dtypes.canonicalize_dtype(value)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be a dtype or None, got {value!r}") from None
+    if not jax.dtypes.issubdtype(dtype, np.floating):
+        raise ValueError(f"{fn}: {name} must be a floating dtype or None, got {value!r}")
+    return dtype
+
+
+def check_mask(fn: str, name: str, value: Any) -> None:
+    """Raises unless ``value`` is None, a bool, a callable, or a pytree (of bools)."""
+    if value is None or isinstance(value, bool) or callable(value):
+        return
+    for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
+        if not isinstance(leaf, (bool, np.bool_)):
+            raise TypeError(
+                f"{fn}: {name} must be a pytree of bools or a callable, got "
+                f"{type(leaf).__name__} at {jax.tree_util.keystr(path) or '<root>'}"
+            )
+
+
+def _describe(leaf: Any) -> str:
+    shape = getattr(leaf, "shape", None)
+    dtype = getattr(leaf, "dtype", None)
+    if shape is None:
+        return type(leaf).__name__
+    return f"{dtype}{list(shape)}"
+
+
+def check_tree_matches(
+    fn: str, tree: Any, reference: Any, *, tree_name: str = "updates", ref_name: str = "state"
+) -> None:
+    """Raises ``ValueError`` naming the first tree path where ``tree`` differs from ``reference``.
+
+    Compares structure and leaf shapes (not dtypes: gradients may be bf16 while the state is
+    fp32). Runs at trace time on static information only, so it costs nothing in the step.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    ref_leaves, ref_treedef = jax.tree_util.tree_flatten_with_path(reference)
+    if treedef == ref_treedef:
+        for (path, leaf), (_, ref) in zip(leaves, ref_leaves, strict=True):
+            if np.shape(leaf) != np.shape(ref):
+                raise ValueError(
+                    f"{fn}: {tree_name} do not match the {ref_name}: at "
+                    f"{jax.tree_util.keystr(path) or '<root>'} got {_describe(leaf)}, "
+                    f"expected {_describe(ref)}"
+                )
+        return
+    paths = [jax.tree_util.keystr(p) for p, _ in leaves]
+    ref_paths = [jax.tree_util.keystr(p) for p, _ in ref_leaves]
+    for got, want in zip(paths, ref_paths, strict=False):
+        if got != want:
+            raise ValueError(
+                f"{fn}: {tree_name} do not match the {ref_name}: first difference at "
+                f"{got or '<root>'} (the {ref_name} has {want or '<root>'} there)"
+            )
+    if len(paths) != len(ref_paths):
+        longer, name = (paths, tree_name) if len(paths) > len(ref_paths) else (ref_paths, ref_name)
+        extra = longer[min(len(paths), len(ref_paths))]
+        raise ValueError(
+            f"{fn}: {tree_name} do not match the {ref_name}: {extra or '<root>'} is only in "
+            f"the {name} ({len(paths)} leaves vs {len(ref_paths)})"
+        )
+    raise ValueError(
+        f"{fn}: {tree_name} do not match the {ref_name}: same leaf paths but different "
+        f"container types ({treedef} vs {ref_treedef})"
+    )
+
+
+@contextlib.contextmanager
+def reraise_with_context(fn: str) -> Iterator[None]:
+    """Prefixes validation errors raised by inner factories with the public alias's name."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{fn}: {err}") from None
+
+
+def resolve_mask(mask: Any, params: Any) -> Any:
+    """Returns the mask as a pytree: calls it with ``params`` when it is a callable."""
+    return mask(params) if callable(mask) else mask
+
+
+ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
