@@ -162,8 +162,10 @@ def clip_by_block_rms(
     return _stateless(update_fn)
 
 
-def _default_unit_axes(x: jax.Array) -> tuple[int, ...] | None:
-    if x.ndim <= 1 or sum(d != 1 for d in x.shape) <= 1:
+def _default_unit_axes(x: jax.Array, sharded: bool) -> tuple[int, ...] | None:
+    # A leaf with a single non-trivial axis is one unit. A shard's shape may have size-1
+    # axes that the logical leaf does not, so sharded leaves are judged by rank alone.
+    if x.ndim <= 1 or (not sharded and sum(d != 1 for d in x.shape) <= 1):
         return None
     if x.ndim in (2, 3):
         return (0,)
@@ -182,15 +184,17 @@ def unitwise_norm(
 ) -> jax.Array:
     """L2 norm of each unit of ``x`` (an output neuron or filter), broadcast to ``x.shape``.
 
-    Without ``axis``: vectors and scalars are one unit; matrices and rank-3 tensors reduce
-    over axis 0 (inputs); HWIO and DHWIO convolution kernels over all but the last axis.
+    Without ``axis``: vectors and scalars (and leaves with one non-trivial axis) are one
+    unit; matrices and rank-3 tensors reduce over axis 0 (inputs); HWIO and DHWIO
+    convolution kernels over all but the last axis. With ``axis_name`` the choice is made
+    from the rank alone, since a shard's shape can have size-1 axes its leaf lacks.
 
     Example:
         >>> import jax.numpy as jnp
         >>> unitwise_norm(jnp.array([[3.0, 0.0], [4.0, 1.0]])).tolist()
         [[5.0, 1.0], [5.0, 1.0]]
     """
-    axes = _default_unit_axes(x) if axis is None else axis
+    axes = _default_unit_axes(x, axis_name is not None) if axis is None else axis
     squared = leaf_sum_of_squares(x, axis_name, axis=axes, keepdims=True)
     return jnp.broadcast_to(jnp.sqrt(squared), x.shape)
 

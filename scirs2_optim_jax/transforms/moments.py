@@ -14,10 +14,19 @@ import jax.numpy as jnp
 
 
 def compute_dtype(*dtypes: Any) -> jnp.dtype:
-    """The dtype the arithmetic runs in: the widest of the given floating dtypes."""
+    """The dtype the arithmetic runs in: the widest of the given floating dtypes.
+
+    Decided here rather than by ``jnp.promote_types``, which refuses bf16 with fp32 under
+    strict promotion; two different 16-bit types (bf16, fp16) meet in float32.
+    """
     result = jnp.dtype(dtypes[0])
-    for dtype in dtypes[1:]:
-        result = jnp.promote_types(result, dtype)
+    for dtype in map(jnp.dtype, dtypes[1:]):
+        if dtype == result:
+            continue
+        if dtype.itemsize == result.itemsize:
+            result = jnp.dtype(jnp.float32) if result.itemsize < 4 else result
+        elif dtype.itemsize > result.itemsize:
+            result = dtype
     return result
 
 

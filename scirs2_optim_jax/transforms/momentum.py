@@ -126,9 +126,7 @@ def scale_by_lion(
 
         def direction(g: jax.Array, m: jax.Array) -> jax.Array:
             dtype = compute_dtype(g.dtype, m.dtype)
-            mix = as_dtype(1 - b1, dtype) * g.astype(dtype) + as_dtype(b1, dtype) * m.astype(
-                dtype
-            )
+            mix = as_dtype(1 - b1, dtype) * g.astype(dtype) + as_dtype(b1, dtype) * m.astype(dtype)
             return jnp.sign(mix).astype(g.dtype)
 
         new_updates = jax.tree.map(direction, updates, state.mu)

@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from scirs2_optim_jax.transforms.moments import compute_dtype
+
 AxisName = str | Sequence[str] | None
 
 __all__ = [
@@ -28,11 +30,13 @@ __all__ = [
 
 
 def _accumulation_dtype(x: jax.Array) -> jnp.dtype:
-    return jnp.promote_types(x.dtype, jnp.float32)
+    return compute_dtype(x.dtype, jnp.float32)
 
 
 def leaf_sum_of_squares(
-    x: jax.Array, axis_name: AxisName = None, axis: int | tuple[int, ...] | None = None,
+    x: jax.Array,
+    axis_name: AxisName = None,
+    axis: int | tuple[int, ...] | None = None,
     keepdims: bool = False,
 ) -> jax.Array:
     """Sum of ``|x|**2`` over ``axis`` (all axes by default), summed across ``axis_name``.

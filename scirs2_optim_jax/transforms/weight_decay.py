@@ -21,9 +21,7 @@ class AddDecayedWeightsState(NamedTuple):
     count: jax.Array
 
 
-def add_decayed_weights(
-    weight_decay: Any = 0.0, mask: Mask = None
-) -> optax.GradientTransformation:
+def add_decayed_weights(weight_decay: Any = 0.0, mask: Mask = None) -> optax.GradientTransformation:
     """Adds ``weight_decay * params`` to the updates (decoupled weight decay, as in AdamW).
 
     Args:
