@@ -243,13 +243,20 @@ def adaptive_grad_clip(
             raise ValueError(f"{fn}: update needs params (call tx.update(updates, state, params))")
         v.check_tree_matches(fn, updates, params, ref_name="params")
 
-        def clip_leaf(g: jax.Array, p: jax.Array) -> jax.Array:
+        def clip_leaf(path: tuple, g: jax.Array, p: jax.Array) -> jax.Array:
+            if axis is not None:
+                axes = (axis,) if isinstance(axis, int) else axis
+                if any(not -g.ndim <= a < g.ndim for a in axes):
+                    raise ValueError(
+                        f"{fn}: axis={axis} is out of range for the leaf at "
+                        f"{jax.tree_util.keystr(path) or '<root>'} of shape {g.shape}"
+                    )
             g_norm = unitwise_norm(g, axis, axis_name)
             p_norm = unitwise_norm(p, axis, axis_name)
             max_norm = clipping * jnp.maximum(p_norm, eps)
             clipped = g * (max_norm / jnp.maximum(g_norm, 1e-6)).astype(g.dtype)
             return jnp.where(g_norm < max_norm, g, clipped)
 
-        return jax.tree.map(clip_leaf, updates, params), state
+        return jax.tree_util.tree_map_with_path(clip_leaf, updates, params), state
 
     return _stateless(update_fn)
