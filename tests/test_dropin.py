@@ -60,7 +60,9 @@ def test_inject_hyperparams_learning_rate_readable_and_changeable_without_recomp
             updates_large, new_state = step(grads, state, params)
     assert compiles == []
     assert float(new_state.hyperparams["learning_rate"]) == pytest.approx(4e-3)
-    for small, large in zip(jax.tree.leaves(updates_small), jax.tree.leaves(updates_large)):
+    for small, large in zip(
+        jax.tree.leaves(updates_small), jax.tree.leaves(updates_large), strict=True
+    ):
         np.testing.assert_allclose(large, 4.0 * small, rtol=1e-5, atol=1e-9)
 
 
