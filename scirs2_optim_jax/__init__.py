@@ -3,6 +3,7 @@
 Everything here is a re-export; the implementations live in topical modules.
 """
 
+from scirs2_optim_jax import schedules
 from scirs2_optim_jax.optimizers import (
     adagrad,
     adam,
@@ -14,6 +15,8 @@ from scirs2_optim_jax.optimizers import (
     rmsprop,
     sgd,
 )
+from scirs2_optim_jax.schedules import *  # noqa: F403
+from scirs2_optim_jax.schedules import __all__ as _schedules_all
 from scirs2_optim_jax.transforms import *  # noqa: F403
 from scirs2_optim_jax.transforms import __all__ as _transforms_all
 
@@ -28,6 +31,8 @@ __all__ = [
     "lion",
     "radam",
     "rmsprop",
+    "schedules",
     "sgd",
+    *_schedules_all,
     *_transforms_all,
 ]

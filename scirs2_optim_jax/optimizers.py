@@ -111,8 +111,8 @@ def adamw(
         >>> tx = adamw(1e-3, weight_decay=0.1, mask={"w": True, "b": False})
         >>> grads = {"w": jnp.zeros(2), "b": jnp.zeros(2)}
         >>> updates, _ = tx.update(grads, tx.init(params), params)
-        >>> float(updates["w"][0]), float(updates["b"][0])
-        (-0.0001, 0.0)
+        >>> round(float(updates["w"][0]), 6), bool(updates["b"][0] == 0)
+        (-0.0001, True)
 
     Reference: Loshchilov and Hutter, "Decoupled Weight Decay Regularization", 2019.
     """
@@ -285,7 +285,7 @@ def lion(
         >>> params = {"w": jnp.zeros(2)}
         >>> tx = lion(0.01)
         >>> updates, _ = tx.update({"w": jnp.array([5.0, -0.1])}, tx.init(params), params)
-        >>> [float(x) for x in updates["w"]]
+        >>> [round(float(x), 4) for x in updates["w"]]
         [-0.01, 0.01]
 
     Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023.

@@ -75,8 +75,9 @@ def test_inject_hyperparams_with_schedule() -> None:
         step = jax.jit(tx.update)
         seen = []
         for _ in range(4):
-            seen.append(float(state.hyperparams["learning_rate"]))
             _, state = step({"w": jnp.ones(3)}, state, params)
+            # The state records the rate the step just used: schedule(step index).
+            seen.append(float(state.hyperparams["learning_rate"]))
     np.testing.assert_allclose(seen, [float(schedule(i)) for i in range(4)], rtol=1e-6)
 
 

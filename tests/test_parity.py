@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 
 import jax
-import jax.numpy as jnp
 import optax
 import pytest
 from helpers import assert_trees_close, decay_mask, random_tree, run_steps
@@ -19,13 +18,8 @@ import scirs2_optim_jax as so
 STEPS = 100
 
 
-def SCHEDULE(count: jax.Array) -> jax.Array:
-    """Linear warmup over 10 steps, then linear decay to 1e-4 at step 100."""
-    step = count.astype(jnp.float32)
-    warmup = 1e-2 * step / 10
-    decay = 1e-2 + (1e-4 - 1e-2) * jnp.clip((step - 10) / 90, 0.0, 1.0)
-    return jnp.where(step < 10, warmup, decay)
-
+# Both sides get the same schedule function (ours; optax's own has identical values).
+SCHEDULE = so.warmup_cosine_decay_schedule(0.0, 1e-2, 10, 100, 1e-4)
 
 # name -> (kwargs shared by both, name of the mask argument or None)
 CASES = {

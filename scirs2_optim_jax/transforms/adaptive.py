@@ -104,7 +104,7 @@ def scale_by_adam(
     Args:
         b1: decay of the first moment, in [0, 1).
         b2: decay of the second moment, in [0, 1).
-        eps: added to the denominator outside the square root, > 0 (or 0).
+        eps: added to the denominator outside the square root, > 0.
         eps_root: added inside the square root, >= 0.
         mu_dtype: dtype of the first moment (default: the parameters' dtype).
         nesterov: use Nesterov momentum (NAdam).
@@ -175,7 +175,7 @@ def scale_by_radam(
     Args:
         b1: decay of the first moment, in [0, 1).
         b2: decay of the second moment, in [0, 1).
-        eps: added to the denominator outside the square root, >= 0.
+        eps: added to the denominator outside the square root, > 0.
         eps_root: added inside the square root, >= 0.
         threshold: the ``rho_t`` above which the adaptive step is used, > 0.
         nesterov: use Nesterov momentum.
@@ -268,7 +268,7 @@ def scale_by_rms(
 
     Args:
         decay: decay of the squared-gradient average, in [0, 1).
-        eps: added to the mean square (``eps_in_sqrt``) or to its root, >= 0.
+        eps: added to the mean square (``eps_in_sqrt``) or to its root, > 0.
         initial_scale: initial value of the mean square, >= 0.
         eps_in_sqrt: whether ``eps`` goes inside the square root.
         bias_correction: divide the average by ``1 - decay**t``.
@@ -279,9 +279,9 @@ def scale_by_rms(
 
     Example:
         >>> import jax.numpy as jnp
-        >>> tx = scale_by_rms(decay=0.0, eps=0.0)
+        >>> tx = scale_by_rms(decay=0.0, eps=1e-12)
         >>> updates, _ = tx.update({"w": jnp.array([-2.0])}, tx.init({"w": jnp.zeros(1)}))
-        >>> float(updates["w"][0])
+        >>> round(float(updates["w"][0]), 4)
         -1.0
 
     Reference: Hinton, Lecture 6.5 of "Neural Networks for Machine Learning", 2012.
@@ -358,7 +358,7 @@ def scale_by_stddev(
 
     Args:
         decay: decay of the moving averages, in [0, 1).
-        eps: stabilising term, >= 0.
+        eps: stabilising term, > 0.
         initial_scale: initial value of the mean square, >= 0.
         eps_in_sqrt: whether ``eps`` goes inside the square root.
         bias_correction: divide the averages by ``1 - decay**t``.
@@ -369,9 +369,9 @@ def scale_by_stddev(
 
     Example:
         >>> import jax.numpy as jnp
-        >>> tx = scale_by_stddev(decay=0.5, eps=0.0)
+        >>> tx = scale_by_stddev(decay=0.5, eps=1e-12)
         >>> updates, _ = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))
-        >>> float(updates["w"][0])
+        >>> round(float(updates["w"][0]), 4)
         2.0
 
     Reference: Graves, "Generating Sequences With Recurrent Neural Networks", 2013.

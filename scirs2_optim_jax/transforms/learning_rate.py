@@ -47,7 +47,7 @@ def scale_by_schedule(step_size_fn: Any) -> optax.GradientTransformation:
 
     Example:
         >>> import jax.numpy as jnp
-        >>> tx = scale_by_schedule(lambda count: -0.1 * (count + 1))
+        >>> tx = scale_by_schedule(lambda count: -0.1 * (count + 1).astype(jnp.float32))
         >>> state = tx.init(None)
         >>> _, state = tx.update({"w": jnp.ones(1)}, state)
         >>> updates, _ = tx.update({"w": jnp.ones(1)}, state)

@@ -39,7 +39,7 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Mask = None) -> optax.Gra
         >>> params = {"w": jnp.ones(1), "b": jnp.ones(1)}
         >>> zeros = {"w": jnp.zeros(1), "b": jnp.zeros(1)}
         >>> updates, _ = tx.update(zeros, tx.init(params), params)
-        >>> float(updates["w"][0]), float(updates["b"][0])
+        >>> round(float(updates["w"][0]), 4), float(updates["b"][0])
         (0.1, 0.0)
 
     Reference: Loshchilov and Hutter, "Decoupled Weight Decay Regularization", 2019.
