@@ -2,6 +2,7 @@
 
 Subcommands:
     train   train the demo MLP on scikit-learn's digits with one of our optimizers.
+    bench   time our optimizer steps against optax and the memory-bandwidth bound.
 
 Each subcommand is a ``_add_<name>(subparsers)`` function that declares its options and sets
 ``handler`` to a ``_run_<name>(args) -> int`` function. Handlers import JAX and the rest of the
@@ -198,7 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
         title="commands", dest="command", required=True, metavar="COMMAND"
     )
     _add_train(subparsers)
+    for add_parser in _subcommand_parsers():
+        add_parser(subparsers)
     return parser
+
+
+def _subcommand_parsers() -> list[Callable[[argparse._SubParsersAction], object]]:
+    """``add_parser`` functions of the subcommands that live beside their features."""
+    from scirs2_optim_jax.bench import commands as bench
+
+    return [bench.add_parser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,54 @@
+"""Shows the persistent compilation cache at work: the same step compiled in two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+__all__ = ["compile_seconds", "compile_twice"]
+
+
+def compile_seconds(config: str) -> float:
+    """Seconds to lower and compile our step for ``config`` in this process."""
+    import jax
+
+    from scirs2_optim_jax.bench.configs import CONFIGS
+    from scirs2_optim_jax.bench.harness import _initial_carry, _train_step
+
+    spec = CONFIGS[config]
+    params = spec.make_params(spec.param_dtype, 0)
+    grads = spec.make_params(spec.param_dtype, 1)
+    tx = spec.ours()
+    carry = _initial_carry(tx, params, spec.master_weights)
+    step = _train_step(tx, spec.master_weights, standard_promotion=False)
+    start = time.perf_counter()
+    jax.jit(step, donate_argnums=(0,)).lower(carry, grads).compile()
+    return time.perf_counter() - start
+
+
+def compile_twice(config: str = "b", timeout: float = 600.0) -> tuple[float, float]:
+    """Compile seconds of a first and a second fresh process sharing one empty cache dir."""
+    with tempfile.TemporaryDirectory(prefix="scirs2-cache-") as cache:
+        env = {**os.environ, "SCIRS2_OPTIM_COMPILATION_CACHE": cache}
+        code = (
+            "import json, sys; from scirs2_optim_jax.compile_cache import enable_compilation_cache;"
+            " enable_compilation_cache();"
+            " from scirs2_optim_jax.bench.cache_check import compile_seconds;"
+            f" print(json.dumps(compile_seconds({config!r})))"
+        )
+        times = []
+        for _ in range(2):
+            out = subprocess.run(
+                [sys.executable, "-c", code],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=True,
+            )
+            times.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        return times[0], times[1]
