@@ -3,7 +3,15 @@
 Everything here is a re-export; the implementations live in topical modules.
 """
 
-from scirs2_optim_jax import monitor, schedules
+from scirs2_optim_jax import config, monitor, precision, schedules
+from scirs2_optim_jax.config import (
+    RunConfig,
+    build_optimizer,
+    load_config,
+    plan_memory,
+    production_default,
+    select_optimizer,
+)
 from scirs2_optim_jax.optimizers import (
     adagrad,
     adam,
@@ -14,6 +22,14 @@ from scirs2_optim_jax.optimizers import (
     radam,
     rmsprop,
     sgd,
+)
+from scirs2_optim_jax.precision import (
+    DynamicLossScale,
+    LossScaleState,
+    MasterWeightsState,
+    precision_policy,
+    scaled_value_and_grad,
+    with_master_weights,
 )
 from scirs2_optim_jax.resilience import (
     FallbackState,
@@ -29,21 +45,35 @@ from scirs2_optim_jax.transforms import __all__ as _transforms_all
 __version__ = "0.1.0"
 
 __all__ = [
+    "DynamicLossScale",
     "FallbackState",
+    "LossScaleState",
+    "MasterWeightsState",
+    "RunConfig",
     "SkipNonFiniteState",
     "adagrad",
     "adam",
     "adamw",
+    "build_optimizer",
+    "config",
     "lamb",
     "lars",
     "lion",
+    "load_config",
     "monitor",
+    "plan_memory",
+    "precision",
+    "precision_policy",
+    "production_default",
     "fallback_on_failure",
     "radam",
     "rmsprop",
     "schedules",
+    "scaled_value_and_grad",
+    "select_optimizer",
     "sgd",
     "skip_non_finite",
+    "with_master_weights",
     *_schedules_all,
     *_transforms_all,
 ]

@@ -19,6 +19,13 @@ from scirs2_optim_jax.training.loop import (
     train_digits,
 )
 from scirs2_optim_jax.training.models import MLP
+from scirs2_optim_jax.training.remat import (
+    REMAT_POLICIES,
+    apply_stack,
+    create_stack,
+    remat,
+    remat_policy,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -26,15 +33,20 @@ __all__ = [
     "DEFAULT_STEPS",
     "MLP",
     "OPTIMIZERS",
+    "REMAT_POLICIES",
     "TRAIN_SIZE",
     "DigitsSplit",
     "TrainLog",
     "TrainResult",
+    "apply_stack",
     "check_train_args",
+    "create_stack",
     "default_learning_rate",
     "iterate_batches",
     "load_digits_split",
     "make_optimizer",
     "params_sha256",
+    "remat",
+    "remat_policy",
     "train_digits",
 ]

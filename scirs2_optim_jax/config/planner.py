@@ -1,0 +1,544 @@
+"""Memory planner: per-device bytes of a training run, before anything is allocated.
+
+For a parameter tree (or a parameter count), an optimizer, the state dtypes, the precision,
+the ZeRO stage and the number of devices on the data axis, :func:`plan_memory` predicts what
+each device holds between steps:
+
+- **params**: replicated; stored in the precision's parameter dtype (bf16/fp16 or fp32);
+- **grads**: one per parameter, in the parameter dtype; ZeRO-2 keeps only a shard;
+- **optimizer state**: the moments, counters etc., from ``jax.eval_shape(tx.init, params)``
+  (so any optax-protocol optimizer is planned exactly, its dtypes included);
+- **master weights**: the float32 copy kept by
+  :func:`~scirs2_optim_jax.precision.with_master_weights`, part of the optimizer state.
+
+ZeRO (stages 1 and 2) partitions every optimizer-state leaf, master weights included, the
+way ``scirs2_optim_jax.parallel`` does: flattened, zero-padded to a multiple of the device
+count ``N`` and split, so each device holds ``ceil(size / N)`` elements of every leaf; stage
+2 does the same to the gradients. Parameters stay replicated.
+
+Activations depend on the model and the batch size; :func:`profile_activations` measures
+them from XLA's memory analysis of the compiled forward + backward pass at two batch sizes,
+and :func:`recommend_batch_size` turns the plan and the profile into a micro-batch size and
+a number of gradient-accumulation steps that fit the memory budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from scirs2_optim_jax.config.builder import build_optimizer, optimizer_arguments
+from scirs2_optim_jax.config.schema import OPTIMIZER_NAMES, OptimizerConfig, RunConfig
+from scirs2_optim_jax.precision import MasterWeightsState, precision_policy, with_master_weights
+
+__all__ = [
+    "ActivationProfile",
+    "BatchSizeRecommendation",
+    "CompiledMemory",
+    "MemoryPlan",
+    "abstract_params",
+    "compiled_memory",
+    "compiled_train_step_memory",
+    "format_bytes",
+    "plan_for_config",
+    "plan_memory",
+    "profile_activations",
+    "recommend_batch_size",
+    "zero_shard_elements",
+]
+
+
+def format_bytes(n: float) -> str:
+    """Formats a byte count with a binary unit.
+
+    Example:
+        >>> format_bytes(1536), format_bytes(3 * 2**30)
+        ('1.50 KiB', '3.00 GiB')
+    """
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def zero_shard_elements(size: int, num_devices: int) -> int:
+    """Elements of a ``size``-element leaf on each of ``num_devices`` under ZeRO.
+
+    The leaf is flattened, zero-padded to a multiple of ``num_devices`` and split evenly.
+
+    Example:
+        >>> zero_shard_elements(10, 4), zero_shard_elements(1, 8), zero_shard_elements(16, 8)
+        (3, 1, 2)
+    """
+    return -(-size // num_devices)
+
+
+def _check_int(fn: str, name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{fn}: {name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _is_floating(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating)
+
+
+def abstract_params(params: Any, param_dtype: Any = None) -> Any:
+    """``params`` as ``jax.ShapeDtypeStruct`` leaves, floating ones cast to ``param_dtype``.
+
+    Args:
+        params: a pytree of arrays or shape/dtype structs, or an integer parameter count
+            (one float32 leaf of that size).
+        param_dtype: dtype for the floating leaves (None: keep each leaf's).
+
+    Returns:
+        A pytree of ``jax.ShapeDtypeStruct``; nothing is allocated.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> abstract_params({"w": jnp.ones((2, 3))}, jnp.bfloat16)["w"]
+        ShapeDtypeStruct(shape=(2, 3), dtype=bfloat16)
+    """
+    if isinstance(params, (int, np.integer)) and not isinstance(params, bool):
+        count = _check_int("abstract_params", "params", params, 1)
+        params = {"params": jax.ShapeDtypeStruct((count,), jnp.float32)}
+
+    def leaf(x: Any) -> jax.ShapeDtypeStruct:
+        dtype = jnp.result_type(x.dtype if hasattr(x, "dtype") else x)
+        if param_dtype is not None and _is_floating(dtype):
+            dtype = jnp.dtype(param_dtype)
+        return jax.ShapeDtypeStruct(np.shape(x), dtype)
+
+    tree = jax.tree.map(leaf, params)
+    if not jax.tree.leaves(tree):
+        raise ValueError("abstract_params: params has no array leaves")
+    return tree
+
+
+def _leaf_bytes(leaf: Any, shards: int) -> int:
+    size = int(np.prod(leaf.shape, dtype=np.int64))
+    return zero_shard_elements(size, shards) * jnp.dtype(leaf.dtype).itemsize
+
+
+def _tree_bytes(tree: Any, shards: int = 1) -> int:
+    return sum(_leaf_bytes(x, shards) for x in jax.tree.leaves(tree))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Predicted bytes each device holds between steps (see :func:`plan_memory`)."""
+
+    num_params: int
+    num_devices: int
+    zero_stage: int
+    precision: str
+    param_bytes: int
+    grad_bytes: int
+    optimizer_state_bytes: int
+    master_weights_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        """Params + grads + optimizer state + master weights, per device."""
+        return (
+            self.param_bytes
+            + self.grad_bytes
+            + self.optimizer_state_bytes
+            + self.master_weights_bytes
+        )
+
+    @property
+    def persistent_bytes(self) -> int:
+        """What lives across steps (params, optimizer state, master weights), per device."""
+        return self.param_bytes + self.optimizer_state_bytes + self.master_weights_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain data, ``total_bytes`` included."""
+        return {**asdict(self), "total_bytes": self.total_bytes}
+
+    def describe(self) -> str:
+        """A human-readable table of the plan."""
+        rows = [
+            ("params", self.param_bytes),
+            ("grads", self.grad_bytes),
+            ("optimizer state", self.optimizer_state_bytes),
+            ("master weights", self.master_weights_bytes),
+            ("total", self.total_bytes),
+        ]
+        head = (
+            f"memory per device: {self.num_params:,} params, {self.precision}, "
+            f"ZeRO stage {self.zero_stage}, {self.num_devices} device(s)"
+        )
+        lines = [head] + [f"  {name:<16}{format_bytes(n):>12}  ({n:,} B)" for name, n in rows]
+        return "\n".join(lines)
+
+
+def _split_master(state: Any) -> tuple[list[Any], list[Any]]:
+    """(master-weight leaves, other leaves) of an abstract optimizer state."""
+    master: list[Any] = []
+    other: list[Any] = []
+    nodes = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, MasterWeightsState))
+    for node in nodes:
+        if isinstance(node, MasterWeightsState):
+            master.extend(jax.tree.leaves(node.master))
+            more_master, rest = _split_master(node.inner_state)
+            master.extend(more_master)
+            other.extend(rest)
+        else:
+            other.append(node)
+    return master, other
+
+
+def plan_memory(
+    params: Any,
+    optimizer: str | optax.GradientTransformation = "adamw",
+    *,
+    precision: str = "fp32",
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    master_weights: bool | None = None,
+    zero_stage: int = 0,
+    num_devices: int = 1,
+) -> MemoryPlan:
+    """Predicts the per-device bytes of params, grads, optimizer state and master weights.
+
+    Args:
+        params: the parameter pytree (arrays or ``jax.ShapeDtypeStruct``, e.g. from
+            ``jax.eval_shape``) or a parameter count (one flat leaf).
+        optimizer: an alias name from :mod:`scirs2_optim_jax.optimizers` or any
+            ``optax.GradientTransformation``; its state is derived with ``jax.eval_shape``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the dtype of params and grads.
+        mu_dtype, nu_dtype: moment dtypes for a named optimizer (default: the dtype the
+            optimizer is initialised with: float32 with master weights).
+        master_weights: wrap a named optimizer in
+            :func:`~scirs2_optim_jax.precision.with_master_weights` (default: when
+            ``precision`` is not fp32). A transformation passed in is planned as it is.
+        zero_stage: 0 (replicated), 1 (optimizer state sharded) or 2 (also gradients).
+        num_devices: devices on the data axis.
+
+    Returns:
+        A :class:`MemoryPlan`.
+
+    Example:
+        >>> plan = plan_memory(1_000_000, "adamw")
+        >>> plan.param_bytes, plan.optimizer_state_bytes  # fp32 mu and nu, plus a count
+        (4000000, 8000004)
+        >>> plan_memory(1_000_000, "adamw", zero_stage=1, num_devices=8).optimizer_state_bytes
+        1000004
+    """
+    fn = "plan_memory"
+    policy = precision_policy(precision)
+    stage = _check_int(fn, "zero_stage", zero_stage, 0)
+    if stage > 2:
+        raise ValueError(f"{fn}: zero_stage must be 0, 1 or 2, got {zero_stage!r}")
+    devices = _check_int(fn, "num_devices", num_devices, 1)
+    abstract = abstract_params(params, policy.param_dtype)
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZER_NAMES:
+            raise ValueError(
+                f"{fn}: optimizer must be one of {', '.join(OPTIMIZER_NAMES)} or an "
+                f"optax.GradientTransformation, got {optimizer!r}"
+            )
+        from scirs2_optim_jax import optimizers
+
+        dtypes = {
+            "mu_dtype": None if mu_dtype is None else jnp.dtype(mu_dtype).name,
+            "nu_dtype": None if nu_dtype is None else jnp.dtype(nu_dtype).name,
+        }
+        kwargs = optimizer_arguments(
+            OptimizerConfig(name=optimizer, **{k: v for k, v in dtypes.items() if v})
+        )
+        tx: optax.GradientTransformation = getattr(optimizers, optimizer)(1e-3, **kwargs)
+        if policy.is_mixed if master_weights is None else master_weights:
+            tx = with_master_weights(tx)
+    elif isinstance(optimizer, optax.GradientTransformation):
+        if mu_dtype is not None or nu_dtype is not None or master_weights is not None:
+            raise ValueError(
+                f"{fn}: mu_dtype, nu_dtype and master_weights apply to a named optimizer; "
+                "build them into the transformation instead"
+            )
+        tx = optimizer
+    else:
+        raise TypeError(
+            f"{fn}: optimizer must be a name or an optax.GradientTransformation, got {optimizer!r}"
+        )
+    state = jax.eval_shape(tx.init, abstract)
+    master, other = _split_master(state)
+    state_shards = devices if stage >= 1 else 1
+    floating = [x for x in jax.tree.leaves(abstract) if _is_floating(x.dtype)]
+    return MemoryPlan(
+        num_params=sum(int(np.prod(x.shape, dtype=np.int64)) for x in jax.tree.leaves(abstract)),
+        num_devices=devices,
+        zero_stage=stage,
+        precision=precision,
+        param_bytes=_tree_bytes(abstract),
+        grad_bytes=_tree_bytes(floating, devices if stage >= 2 else 1),
+        optimizer_state_bytes=_tree_bytes(other, state_shards),
+        master_weights_bytes=_tree_bytes(master, state_shards),
+    )
+
+
+def plan_for_config(
+    config: RunConfig, params: Any, *, num_devices: int | None = None
+) -> MemoryPlan:
+    """:func:`plan_memory` for the optimizer, precision and ZeRO stage of a run config.
+
+    Args:
+        config: the run config (its feature flags applied).
+        params: the parameter tree or count.
+        num_devices: devices on the data axis (default: ``parallel.num_devices``, else 1).
+
+    Returns:
+        A :class:`MemoryPlan`.
+
+    Example:
+        >>> from scirs2_optim_jax.config import production_default
+        >>> plan_for_config(production_default(), 1000).master_weights_bytes
+        0
+    """
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"plan_for_config: config must be a RunConfig, got {config!r}")
+    devices = num_devices if num_devices is not None else config.parallel.num_devices or 1
+    return plan_memory(
+        params,
+        build_optimizer(config),
+        precision=config.precision.mode,
+        zero_stage=config.parallel.zero_stage,
+        num_devices=devices,
+    )
+
+
+@dataclass(frozen=True)
+class CompiledMemory:
+    """XLA's memory analysis of a compiled function, in bytes (per device)."""
+
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    generated_code_bytes: int
+
+    @property
+    def peak_bytes(self) -> int:
+        """Arguments + outputs not aliased to arguments + temporaries."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+
+def compiled_memory(compiled: Any) -> CompiledMemory | None:
+    """The memory analysis of a ``jax.stages.Compiled``, or None if the backend gives none.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> compiled = jax.jit(lambda x: x * 2).lower(jnp.ones(256)).compile()
+        >>> compiled_memory(compiled).argument_bytes
+        1024
+    """
+    try:
+        stats = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError):
+        return None
+    if stats is None:
+        return None
+    return CompiledMemory(
+        argument_bytes=int(stats.argument_size_in_bytes),
+        output_bytes=int(stats.output_size_in_bytes),
+        alias_bytes=int(stats.alias_size_in_bytes),
+        temp_bytes=int(stats.temp_size_in_bytes),
+        generated_code_bytes=int(stats.generated_code_size_in_bytes),
+    )
+
+
+def compiled_train_step_memory(
+    tx: optax.GradientTransformation,
+    loss_fn: Callable[[Any, Any], jax.Array],
+    params: Any,
+    batch: Any,
+) -> CompiledMemory | None:
+    """Compiles one train step from shapes alone and returns its memory analysis.
+
+    The step is ``grads = grad(loss_fn)(params, batch)``, ``tx.update``, apply, with params
+    and optimizer state donated; it is lowered from ``jax.ShapeDtypeStruct`` inputs, so
+    nothing is allocated. Its ``argument_bytes`` minus the batch's bytes is what the plan
+    calls :attr:`MemoryPlan.persistent_bytes` (params, optimizer state, master weights).
+
+    Args:
+        tx: the optimizer.
+        loss_fn: ``loss_fn(params, batch) -> scalar loss``.
+        params: parameter tree (arrays or shape structs).
+        batch: a batch (arrays or shape structs).
+
+    Returns:
+        The step's :class:`CompiledMemory`, or None if the backend has no memory analysis.
+    """
+    abstract = abstract_params(params)
+    abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batch)
+    state = jax.eval_shape(tx.init, abstract)
+
+    def step(p: Any, s: Any, b: Any) -> tuple[Any, Any, jax.Array]:
+        loss, grads = jax.value_and_grad(loss_fn)(p, b)
+        updates, s = tx.update(grads, s, p)
+        p = jax.tree.map(lambda x, u: (x + u).astype(x.dtype), p, updates)
+        return p, s, loss
+
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(abstract, state, abstract_batch).compile()
+    return compiled_memory(compiled)
+
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """Activation memory as a linear function of the per-device batch size.
+
+    ``bytes_at(b) = fixed_bytes + per_example_bytes * b`` covers the batch itself and XLA's
+    temporaries of the forward + backward pass (activations saved for the backward pass,
+    workspace); gradients and the persistent state are in the :class:`MemoryPlan`.
+    """
+
+    fixed_bytes: int
+    per_example_bytes: int
+    batch_sizes: tuple[int, int]
+
+    def bytes_at(self, batch_size: int) -> int:
+        """Predicted activation bytes at ``batch_size`` examples per device."""
+        return self.fixed_bytes + self.per_example_bytes * batch_size
+
+
+def profile_activations(
+    loss_fn: Callable[[Any, Any], jax.Array],
+    params: Any,
+    batch_for: Callable[[int], Any],
+    batch_sizes: tuple[int, int] = (8, 16),
+) -> ActivationProfile | None:
+    """Measures activation memory from the compiled forward + backward pass.
+
+    Compiles ``jax.grad(loss_fn)`` (from shapes alone) at two batch sizes and fits
+    ``temporaries + batch bytes`` linearly in the batch size.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> scalar``.
+        params: parameter tree (arrays or shape structs).
+        batch_for: ``batch_for(b)`` returns a batch of ``b`` examples (arrays or
+            ``jax.ShapeDtypeStruct``).
+        batch_sizes: two different batch sizes to measure at.
+
+    Returns:
+        An :class:`ActivationProfile`, or None if the backend has no memory analysis.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> loss = lambda p, x: jnp.sum(jnp.tanh(x @ p["w"]) ** 2)
+        >>> batch = lambda b: jax.ShapeDtypeStruct((b, 64), jnp.float32)
+        >>> profile = profile_activations(loss, {"w": jnp.ones((64, 64))}, batch)
+        >>> profile.per_example_bytes > 0
+        True
+    """
+    fn = "profile_activations"
+    small, large = (_check_int(fn, "batch_sizes", b, 1) for b in batch_sizes)
+    if small == large:
+        raise ValueError(f"{fn}: batch_sizes must be two different sizes, got {batch_sizes!r}")
+    abstract = abstract_params(params)
+    param_bytes = _tree_bytes(abstract)
+    grad_fn = jax.jit(jax.grad(loss_fn))
+    measured = []
+    for b in (small, large):
+        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batch_for(b))
+        memory = compiled_memory(grad_fn.lower(abstract, batch).compile())
+        if memory is None:
+            return None
+        measured.append(memory.temp_bytes + memory.argument_bytes - param_bytes)
+    per_example = max(0, math.ceil((measured[1] - measured[0]) / (large - small)))
+    fixed = max(0, measured[0] - per_example * small)
+    return ActivationProfile(fixed, per_example, (small, large))
+
+
+@dataclass(frozen=True)
+class BatchSizeRecommendation:
+    """A micro-batch size and accumulation steps that reach a target global batch.
+
+    ``micro_batch_size * accumulation_steps * num_devices == global_batch_size``.
+    ``fits`` is False when even one example per device exceeds the budget.
+    """
+
+    global_batch_size: int
+    num_devices: int
+    micro_batch_size: int
+    accumulation_steps: int
+    per_device_bytes: int
+    budget_bytes: int
+    fits: bool
+
+    def describe(self) -> str:
+        """One line for people."""
+        verdict = "fits" if self.fits else "does NOT fit"
+        return (
+            f"batch {self.global_batch_size} = {self.micro_batch_size} per device x "
+            f"{self.accumulation_steps} accumulation step(s) x {self.num_devices} device(s): "
+            f"{format_bytes(self.per_device_bytes)} per device, {verdict} in "
+            f"{format_bytes(self.budget_bytes)}"
+        )
+
+
+def recommend_batch_size(
+    plan: MemoryPlan,
+    activations: ActivationProfile,
+    available_bytes: int,
+    global_batch_size: int,
+    *,
+    max_fraction: float = 0.9,
+) -> BatchSizeRecommendation:
+    """The largest micro-batch that fits, and the accumulation steps to reach the batch.
+
+    Per device the step needs ``plan.total_bytes + activations.bytes_at(micro)``; the budget
+    is ``max_fraction * available_bytes``. The micro-batch divides the per-device batch
+    (``global_batch_size / plan.num_devices``) exactly, so the accumulated batch is exactly
+    ``global_batch_size``.
+
+    Args:
+        plan: the state plan.
+        activations: the activation profile (e.g. from :func:`profile_activations`).
+        available_bytes: memory per device.
+        global_batch_size: examples per optimizer step over all devices; a multiple of
+            ``plan.num_devices``.
+        max_fraction: share of ``available_bytes`` to plan for, in (0, 1].
+
+    Returns:
+        A :class:`BatchSizeRecommendation`.
+
+    Example:
+        >>> plan = plan_memory(1000, "adam")
+        >>> profile = ActivationProfile(fixed_bytes=0, per_example_bytes=1000, batch_sizes=(1, 2))
+        >>> rec = recommend_batch_size(plan, profile, 100_000, 256, max_fraction=1.0)
+        >>> rec.micro_batch_size, rec.accumulation_steps
+        (64, 4)
+    """
+    fn = "recommend_batch_size"
+    available = _check_int(fn, "available_bytes", available_bytes, 1)
+    target = _check_int(fn, "global_batch_size", global_batch_size, 1)
+    if not (isinstance(max_fraction, (int, float)) and 0 < max_fraction <= 1):
+        raise ValueError(f"{fn}: max_fraction must be a number in (0, 1], got {max_fraction!r}")
+    if target % plan.num_devices:
+        raise ValueError(
+            f"{fn}: global_batch_size must be a multiple of the {plan.num_devices} devices, "
+            f"got {target}"
+        )
+    budget = int(available * max_fraction)
+    per_device = target // plan.num_devices
+    for steps in range(1, per_device + 1):
+        if per_device % steps:
+            continue
+        micro = per_device // steps
+        need = plan.total_bytes + activations.bytes_at(micro)
+        if need <= budget:
+            return BatchSizeRecommendation(
+                target, plan.num_devices, micro, steps, need, budget, True
+            )
+    need = plan.total_bytes + activations.bytes_at(1)
+    return BatchSizeRecommendation(target, plan.num_devices, 1, per_device, need, budget, False)

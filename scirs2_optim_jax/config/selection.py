@@ -1,0 +1,186 @@
+"""Choosing a starting optimizer, precision and memory strategy from the size of the run.
+
+:func:`select_optimizer` applies three documented rules (``docs/configuration.md``), first
+match wins:
+
+1. **more than 1B parameters on an accelerator**: AdamW at 1e-4, weight decay 0.01, bf16
+   with float32 master weights and moments, ZeRO (stage 1, or stage 2 when stage 1 does not
+   fit the memory given);
+2. **more than 100M parameters**: LAMB at 2e-3 in float32 (its per-layer trust ratio keeps
+   large batches stable), with gradient checkpointing on an accelerator;
+3. **otherwise**: Adam at 1e-3 in float32.
+
+It is a starting point, not a tuned recipe: the learning rate in particular wants a sweep.
+The memory figures come from :func:`~scirs2_optim_jax.config.plan_memory`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scirs2_optim_jax.config.planner import MemoryPlan, format_bytes, plan_memory
+from scirs2_optim_jax.config.schema import OptimizerConfig, PrecisionConfig, RunConfig
+
+__all__ = [
+    "ACCELERATORS",
+    "LARGE_MODEL_PARAMS",
+    "MEDIUM_MODEL_PARAMS",
+    "OptimizerSelection",
+    "select_optimizer",
+]
+
+LARGE_MODEL_PARAMS = 1_000_000_000
+MEDIUM_MODEL_PARAMS = 100_000_000
+ACCELERATORS: tuple[str, ...] = ("cpu", "gpu", "cuda", "rocm", "tpu")
+
+
+@dataclass(frozen=True)
+class OptimizerSelection:
+    """What :func:`select_optimizer` chose, why, and what it costs in memory.
+
+    Attributes:
+        rule: ``"large_accelerator"``, ``"medium"`` or ``"small"``.
+        reason: one sentence for people.
+        optimizer: the optimizer section to run.
+        precision: the precision section to run.
+        zero_stage: ZeRO stage (0: none).
+        gradient_checkpointing: whether to rematerialise activations.
+        plan: per-device memory of params, grads, optimizer state and master weights.
+        available_memory_bytes: the memory per device it was chosen for.
+        fits: whether ``plan.total_bytes`` fits in ``available_memory_bytes`` (activations
+            come on top; see :func:`~scirs2_optim_jax.config.recommend_batch_size`).
+    """
+
+    rule: str
+    reason: str
+    optimizer: OptimizerConfig
+    precision: PrecisionConfig
+    zero_stage: int
+    gradient_checkpointing: bool
+    plan: MemoryPlan
+    available_memory_bytes: int
+    fits: bool
+
+    def apply(self, config: RunConfig, batch_size: int | None = None) -> RunConfig:
+        """``config`` with this selection's optimizer, precision and parallel settings."""
+        parallel = dataclasses.replace(
+            config.parallel,
+            zero_stage=self.zero_stage,
+            gradient_checkpointing=self.gradient_checkpointing,
+        )
+        changes: dict[str, Any] = {
+            "optimizer": self.optimizer,
+            "precision": self.precision,
+            "parallel": parallel,
+        }
+        if batch_size is not None:
+            changes["batch_size"] = batch_size
+        return dataclasses.replace(config, **changes)
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"select_optimizer: {name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"select_optimizer: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def select_optimizer(
+    num_params: int,
+    batch_size: int,
+    available_memory_bytes: int,
+    accelerator: str | bool,
+    *,
+    num_devices: int = 1,
+) -> OptimizerSelection:
+    """Chooses a starting optimizer, precision and memory strategy (see the module docs).
+
+    Args:
+        num_params: parameters in the model, >= 1.
+        batch_size: global batch size, >= 1 (recorded in the reason; plan the micro-batch
+            with :func:`~scirs2_optim_jax.config.recommend_batch_size`).
+        available_memory_bytes: memory per device, >= 1.
+        accelerator: the platform (``"cpu"``, ``"gpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``)
+            or a bool (True: an accelerator).
+        num_devices: devices on the data axis (ZeRO divides the state among them).
+
+    Returns:
+        An :class:`OptimizerSelection`.
+
+    Example:
+        >>> choice = select_optimizer(7_000_000_000, 1024, 80 * 2**30, "gpu", num_devices=8)
+        >>> choice.optimizer.name, choice.optimizer.learning_rate, choice.precision.mode
+        ('adamw', 0.0001, 'bf16')
+        >>> choice.zero_stage, choice.fits
+        (1, True)
+        >>> select_optimizer(300_000_000, 256, 40 * 2**30, "cpu").optimizer.name
+        'lamb'
+        >>> select_optimizer(10_000_000, 256, 16 * 2**30, "cpu").optimizer.learning_rate
+        0.001
+    """
+    count = _check_count("num_params", num_params, 1)
+    batch = _check_count("batch_size", batch_size, 1)
+    available = _check_count("available_memory_bytes", available_memory_bytes, 1)
+    devices = _check_count("num_devices", num_devices, 1)
+    if isinstance(accelerator, bool):
+        on_accelerator = accelerator
+    elif isinstance(accelerator, str) and accelerator.lower() in ACCELERATORS:
+        on_accelerator = accelerator.lower() != "cpu"
+    else:
+        raise ValueError(
+            f"select_optimizer: accelerator must be a bool or one of {', '.join(ACCELERATORS)}, "
+            f"got {accelerator!r}"
+        )
+
+    if count > LARGE_MODEL_PARAMS and on_accelerator:
+        optimizer = OptimizerConfig(name="adamw", learning_rate=1e-4, weight_decay=0.01)
+        precision = PrecisionConfig(mode="bf16", master_weights=True)
+        stage, plan = (
+            1,
+            plan_memory(count, "adamw", precision="bf16", zero_stage=1, num_devices=devices),
+        )
+        if plan.total_bytes > available and devices > 1:
+            stage = 2
+            plan = plan_memory(count, "adamw", precision="bf16", zero_stage=2, num_devices=devices)
+        rule, checkpointing = "large_accelerator", False
+        reason = (
+            f"{count:,} params > 1B on an accelerator: AdamW 1e-4 (wd 0.01), bf16 with fp32 "
+            f"master weights and moments, ZeRO stage {stage} over {devices} device(s)"
+        )
+    elif count > MEDIUM_MODEL_PARAMS:
+        optimizer = OptimizerConfig(name="lamb", learning_rate=2e-3)
+        precision = PrecisionConfig(mode="fp32")
+        stage, plan = 0, plan_memory(count, "lamb")
+        rule, checkpointing = "medium", on_accelerator
+        reason = (
+            f"{count:,} params > 100M: LAMB 2e-3 in fp32 (layer-wise trust ratios suit the "
+            f"large batch of {batch})"
+            + (", gradient checkpointing on the accelerator" if on_accelerator else "")
+        )
+    else:
+        optimizer = OptimizerConfig(name="adam", learning_rate=1e-3)
+        precision = PrecisionConfig(mode="fp32")
+        stage, plan = 0, plan_memory(count, "adam")
+        rule, checkpointing = "small", False
+        reason = f"{count:,} params <= 100M: Adam 1e-3 in fp32"
+    fits = plan.total_bytes <= available
+    reason += (
+        f"; state {format_bytes(plan.total_bytes)} per device "
+        f"{'fits in' if fits else 'exceeds'} {format_bytes(available)}"
+    )
+    return OptimizerSelection(
+        rule=rule,
+        reason=reason,
+        optimizer=optimizer,
+        precision=precision,
+        zero_stage=stage,
+        gradient_checkpointing=checkpointing,
+        plan=plan,
+        available_memory_bytes=available,
+        fits=fits,
+    )
