@@ -26,7 +26,7 @@ def _tiny(master_weights: bool = False) -> configs.BenchConfig:
         make_params=lambda dtype, seed: {
             f"leaf_{i}": leaf for i, leaf in enumerate(configs._materialise(shapes, dtype, seed))
         },
-        ours=lambda: so.adamw(1e-3),
+        ours=lambda: so.with_master_weights(so.adamw(1e-3)) if master_weights else so.adamw(1e-3),
         reference=lambda: optax.adamw(1e-3),
         bytes_per_param=28,
         param_dtype=jax.numpy.bfloat16 if master_weights else jax.numpy.float32,

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scirs2_optim_jax import optimizers, schedules
+from scirs2_optim_jax import optimizers, precision, schedules
 from scirs2_optim_jax.transforms import clipping
 
 __all__ = ["CONFIGS", "BenchConfig", "leaf_shapes", "transformer_shapes"]
@@ -128,7 +128,7 @@ class BenchConfig:
     reference: Callable[[], optax.GradientTransformation]
     bytes_per_param: int
     param_dtype: Any = jnp.float32
-    master_weights: bool = False  # bf16 params, fp32 master copy + moments
+    master_weights: bool = False  # bf16 params; fp32 master copy + moments (optax side by hand)
     accelerator_only: bool = False
 
 
@@ -216,7 +216,7 @@ def _configs() -> dict[str, BenchConfig]:
             "g",
             "adamw, bf16 params, fp32 master weights + moments, 200 leaves",
             _list_tree(200),
-            lambda: optimizers.adamw(**ADAMW),
+            lambda: precision.with_master_weights(optimizers.adamw(**ADAMW)),
             lambda: optax.adamw(**ADAMW),
             # read bf16 grads (2), master, mu, nu (12); write master, mu, nu (12), bf16 params (2)
             ADAMW_BYTES,

@@ -164,9 +164,11 @@ def run_config(config: BenchConfig, repeats: int = 7, torch: bool = True) -> Ben
     grads = config.make_params(config.param_dtype, 1)
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     ours_tx, optax_tx = config.ours(), config.reference()
-    ours_step = _train_step(ours_tx, config.master_weights, standard_promotion=False)
+    # Ours keeps fp32 master weights inside its state (precision.with_master_weights); optax
+    # has no such wrapper, so its step keeps the master copy itself.
+    ours_step = _train_step(ours_tx, False, standard_promotion=False)
     optax_step = _train_step(optax_tx, config.master_weights, standard_promotion=True)
-    ours_carry = _initial_carry(ours_tx, params, config.master_weights)
+    ours_carry = _initial_carry(ours_tx, params, False)
     optax_carry = _initial_carry(optax_tx, params, config.master_weights)
 
     ours_fn, ours_compile = _timed_compile(ours_step, ours_carry, grads)
