@@ -3,7 +3,8 @@
 Everything here is a re-export; the implementations live in topical modules.
 """
 
-from scirs2_optim_jax import config, monitor, precision, schedules
+from scirs2_optim_jax import checkpoint, config, monitor, parallel, precision, schedules
+from scirs2_optim_jax.checkpoint import CheckpointCorruptError, CheckpointManager, CheckpointState
 from scirs2_optim_jax.config import (
     RunConfig,
     build_optimizer,
@@ -22,6 +23,12 @@ from scirs2_optim_jax.optimizers import (
     radam,
     rmsprop,
     sgd,
+)
+from scirs2_optim_jax.parallel import (
+    init_distributed,
+    make_data_mesh,
+    make_data_parallel_step,
+    zero,
 )
 from scirs2_optim_jax.precision import (
     DynamicLossScale,
@@ -45,6 +52,9 @@ from scirs2_optim_jax.transforms import __all__ as _transforms_all
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointCorruptError",
+    "CheckpointManager",
+    "CheckpointState",
     "DynamicLossScale",
     "FallbackState",
     "LossScaleState",
@@ -55,12 +65,17 @@ __all__ = [
     "adam",
     "adamw",
     "build_optimizer",
+    "checkpoint",
     "config",
     "lamb",
     "lars",
     "lion",
     "load_config",
+    "init_distributed",
+    "make_data_mesh",
+    "make_data_parallel_step",
     "monitor",
+    "parallel",
     "plan_memory",
     "precision",
     "precision_policy",
@@ -74,6 +89,7 @@ __all__ = [
     "sgd",
     "skip_non_finite",
     "with_master_weights",
+    "zero",
     *_schedules_all,
     *_transforms_all,
 ]

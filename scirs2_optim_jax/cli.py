@@ -4,6 +4,7 @@ Subcommands:
     train   train the demo MLP on scikit-learn's digits with one of our optimizers.
     bench   time our optimizer steps against optax and the memory-bandwidth bound.
     plan    predict per-device memory for a config or demo model, recommend a batch size.
+    ckpt    list and verify checkpoints (ckpt ls DIR, ckpt verify DIR [--step N]).
 
 Each subcommand is a ``_add_<name>(subparsers)`` function that declares its options and sets
 ``handler`` to a ``_run_<name>(args) -> int`` function. Handlers import JAX and the rest of the
@@ -208,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _subcommand_parsers() -> list[Callable[[argparse._SubParsersAction], object]]:
     """``add_parser`` functions of the subcommands that live beside their features."""
     from scirs2_optim_jax.bench import commands as bench
+    from scirs2_optim_jax.checkpoint import commands as ckpt
     from scirs2_optim_jax.config import commands as plan
 
-    return [bench.add_parser, plan.add_parser]
+    return [bench.add_parser, plan.add_parser, ckpt.add_parser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

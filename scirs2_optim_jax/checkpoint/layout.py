@@ -1,0 +1,181 @@
+"""Moving a train state between its in-memory layout and the canonical one on disk.
+
+A checkpoint always stores the canonical layout (DESIGN.md, principle 5): every array at its
+full logical shape, on the host, whatever sharding or padding it had in memory. Plain sharded
+``jax.Array`` leaves need nothing more than a gather, which :func:`to_host` does. States that
+are laid out differently in memory, such as ZeRO's padded and flattened optimizer shards, pass
+a :class:`Layout`: a pair of functions to and from the canonical tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from scirs2_optim_jax.checkpoint import treespec as ts
+
+__all__ = ["Layout", "as_layout", "from_host", "opt_state_layout", "to_host"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Converts a whole saved state to and from its canonical (logical, unsharded) tree.
+
+    Attributes:
+        to_canonical: in-memory state -> canonical state; applied by ``save``.
+        from_canonical: canonical state -> in-memory state; applied by ``restore`` after the
+            checkpoint has been verified and rebuilt.
+
+    Example:
+        >>> import numpy as np
+        >>> halve = Layout(lambda s: {"w": s["w"][:2]}, lambda s: {"w": np.pad(s["w"], (0, 2))})
+        >>> halve.to_canonical({"w": np.arange(4)})["w"].tolist()
+        [0, 1]
+    """
+
+    to_canonical: Callable[[Any], Any]
+    from_canonical: Callable[[Any], Any]
+
+    def __post_init__(self) -> None:
+        for name in ("to_canonical", "from_canonical"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"Layout: {name} must be callable, got {getattr(self, name)!r}")
+
+
+def as_layout(fn: str, layout: Any) -> Layout | None:
+    """Accepts None, a :class:`Layout`, or a ``(to_canonical, from_canonical)`` pair."""
+    if layout is None or isinstance(layout, Layout):
+        return layout
+    if isinstance(layout, tuple) and len(layout) == 2:
+        return Layout(*layout)
+    raise TypeError(
+        f"{fn}: layout must be None, a Layout or a (to_canonical, from_canonical) pair, "
+        f"got {layout!r}"
+    )
+
+
+def opt_state_layout(
+    to_canonical: Callable[[Any], Any], from_canonical: Callable[[Any], Any]
+) -> Layout:
+    """A :class:`Layout` that converts only the ``opt_state`` field of a ``CheckpointState``.
+
+    For ZeRO, whose optimizer state is sharded and padded in memory while the parameters are
+    not, e.g. ``opt_state_layout(lambda s: zero_state_to_canonical(s, params),
+    lambda s: zero_state_from_canonical(s, params, mesh))``.
+
+    Args:
+        to_canonical: in-memory optimizer state -> canonical optimizer state.
+        from_canonical: canonical optimizer state -> in-memory optimizer state.
+
+    Returns:
+        A :class:`Layout` over the whole state that leaves the other fields as they are.
+
+    Example:
+        >>> from scirs2_optim_jax.checkpoint import CheckpointState
+        >>> layout = opt_state_layout(lambda s: s * 2, lambda s: s // 2)
+        >>> layout.to_canonical(CheckpointState(params=1, opt_state=5)).opt_state
+        10
+    """
+    for name, value in (("to_canonical", to_canonical), ("from_canonical", from_canonical)):
+        if not callable(value):
+            raise TypeError(f"opt_state_layout: {name} must be callable, got {value!r}")
+
+    def convert(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def apply(state: Any) -> Any:
+            if not hasattr(state, "opt_state") or not hasattr(state, "_replace"):
+                raise TypeError(
+                    "opt_state_layout: the state must be a CheckpointState (a NamedTuple with "
+                    f"an opt_state field), got {type(state).__name__}"
+                )
+            return state._replace(opt_state=fn(state.opt_state))
+
+        return apply
+
+    return Layout(convert(to_canonical), convert(from_canonical))
+
+
+def to_host(path: str, leaf: Any) -> np.ndarray:
+    """Returns a host copy of one leaf at its full logical shape (typed keys as key data).
+
+    A sharded ``jax.Array`` is gathered; the copy is private, so the caller may donate or
+    overwrite the device buffers while an asynchronous save writes it.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> to_host("['w']", jnp.ones(3)).tolist(), to_host("['n']", 7).dtype.name
+        ([1.0, 1.0, 1.0], 'int64')
+    """
+    if isinstance(leaf, jax.Array):
+        if not leaf.is_fully_addressable:
+            raise ValueError(
+                f"cannot checkpoint the leaf at {path}: it spans several processes; "
+                "multi-host checkpoints are not supported"
+            )
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        return np.array(leaf, copy=True)
+    if isinstance(leaf, np.ndarray):
+        return np.array(leaf, copy=True)
+    if isinstance(leaf, np.generic):
+        return np.asarray(leaf).copy()
+    if isinstance(leaf, bool):
+        return np.asarray(leaf, dtype=np.bool_)
+    if isinstance(leaf, int):
+        return np.asarray(leaf, dtype=np.int64)
+    if isinstance(leaf, float):
+        return np.asarray(leaf, dtype=np.float64)
+    raise TypeError(f"cannot checkpoint the leaf at {path}: a {type(leaf).__name__}")
+
+
+def _sharding_of(target: Any) -> Any:
+    """The target leaf's sharding, if it names real devices (not an abstract mesh)."""
+    sharding = getattr(target, "sharding", None)
+    if not isinstance(sharding, jax.sharding.Sharding):
+        return None
+    mesh = getattr(sharding, "mesh", None)
+    if isinstance(mesh, jax.sharding.AbstractMesh):
+        return None
+    return sharding
+
+
+def from_host(
+    value: np.ndarray, spec: ts.LeafSpec, kind: str, target: Any = None, placement: Any = None
+) -> Any:
+    """Turns a verified host array back into a leaf of ``kind``, placed where asked.
+
+    Args:
+        value: the array as read from the checkpoint.
+        spec: what the checkpoint recorded about the leaf (its PRNG implementation).
+        kind: the kind to return (the saved one, or the target leaf's).
+        target: the target leaf, if any; its sharding wins over ``placement`` unless it is
+            on an abstract mesh (as ``jax.eval_shape`` gives under explicit axes).
+        placement: a ``jax.sharding.Sharding`` or ``jax.Device`` for jax leaves; None puts
+            them on the default device.
+
+    Returns:
+        A jax array (or typed key array), numpy array, numpy scalar or Python scalar.
+
+    Example:
+        >>> import numpy as np
+        >>> spec = ts.LeafSpec("['n']", ts.PY_INT, (), "int64")
+        >>> from_host(np.asarray(7), spec, ts.PY_INT)
+        7
+    """
+    if kind in (ts.JAX_ARRAY, ts.PRNG_KEY):
+        where = _sharding_of(target) or placement
+        if kind == ts.PRNG_KEY:
+            impl = spec.key_impl or "threefry2x32"
+            key = jax.random.wrap_key_data(value, impl=impl)
+            return jax.device_put(key, where)
+        return jax.device_put(value, where)
+    if kind == ts.NUMPY_ARRAY:
+        return value
+    if kind == ts.NUMPY_SCALAR:
+        return value[()]
+    if kind in (ts.PY_BOOL, ts.PY_INT, ts.PY_FLOAT):
+        return value.item()
+    raise ValueError(f"unknown leaf kind {kind!r} at {spec.path}")

@@ -1,0 +1,250 @@
+"""Integrity and safety (issue #5, points 4 and 7): checksummed manifests, corrupted and
+truncated checkpoints named and skipped, the ``ckpt ls``/``ckpt verify`` command, no pickle,
+nothing outside the directory, nothing overwritten."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scirs2_optim_jax.checkpoint import CheckpointCorruptError, CheckpointManager
+from scirs2_optim_jax.checkpoint.commands import add_parser
+
+
+def _save_steps(directory: Path, steps: tuple[int, ...] = (1, 2, 3)) -> None:
+    with CheckpointManager(directory, async_save=False) as mgr:
+        for step in steps:
+            state = {"w": np.full((64, 32), step, np.float32), "b": np.arange(5) * step}
+            mgr.save(step, state, metrics={"loss": 1.0 / step})
+
+
+def _data_files(step_dir: Path) -> list[Path]:
+    """The OCDBT data files that hold the arrays (those restore actually reads)."""
+    return sorted(p for p in (step_dir / "state" / "d").iterdir() if p.is_file())
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def _truncate_data(step_dir: Path) -> Path:
+    target = _data_files(step_dir)[-1]
+    _truncate(target)
+    return target
+
+
+def _flip_data(step_dir: Path) -> Path:
+    target = max(_data_files(step_dir), key=lambda p: p.stat().st_size)
+    _flip_byte(target)
+    return target
+
+
+def _edit_metadata(step_dir: Path) -> Path:
+    # Valid JSON, plausible content, but not what was committed.
+    target = step_dir / "meta" / "meta.json"
+    meta = json.loads(target.read_text())
+    meta["metrics"]["loss"] = 0.0
+    target.write_text(json.dumps(meta))
+    return target
+
+
+def _drop_manifest(step_dir: Path) -> Path:
+    target = step_dir / "manifest" / "manifest.json"
+    target.unlink()
+    return target
+
+
+def _truncate_manifest(step_dir: Path) -> Path:
+    target = step_dir / "manifest" / "manifest.json"
+    _truncate(target)
+    return target
+
+
+def _swap_arrays_from_step_1(step_dir: Path) -> Path:
+    # Readable arrays of the right shapes, from another checkpoint: only the checksums can tell.
+    shutil.rmtree(step_dir / "state")
+    shutil.copytree(step_dir.parent / "1" / "state", step_dir / "state")
+    return step_dir / "state"
+
+
+CORRUPTIONS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "truncated data file": (_truncate_data, "OUT_OF_RANGE|DATA_LOSS"),
+    "flipped data byte": (_flip_data, "Error decoding|DATA_LOSS"),
+    "edited metadata": (_edit_metadata, "sha256 does not match the manifest"),
+    "missing manifest": (_drop_manifest, "missing"),
+    "truncated manifest": (_truncate_manifest, "not valid JSON"),
+    "arrays from another step": (_swap_arrays_from_step_1, r"\['b'\] does not match its sha256"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_corruption_is_named_and_newest_good_step_restored(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _save_steps(tmp_path)
+    corrupt, reason = CORRUPTIONS[name]
+    bad_file = corrupt(tmp_path / "3")
+    with CheckpointManager(tmp_path) as mgr:
+        with pytest.raises(CheckpointCorruptError, match=reason) as info:
+            mgr.restore(3)
+        err = info.value
+        assert err.step == 3 and "checkpoint step 3 is corrupt" in str(err)
+        assert err.path == str(bad_file)
+        with pytest.raises(CheckpointCorruptError):
+            mgr.verify(3)
+        mgr.verify(2)
+        restored = mgr.restore()
+    assert restored.step == 2
+    np.testing.assert_array_equal(restored.state["w"], 2.0)
+    assert f"skipping checkpoint step 3: checkpoint step 3 is corrupt: {bad_file}" in caplog.text
+
+
+def test_every_step_bad_raises_listing_them(tmp_path: Path) -> None:
+    _save_steps(tmp_path, (1, 2))
+    _drop_manifest(tmp_path / "1")
+    _edit_metadata(tmp_path / "2")
+    mgr = CheckpointManager(tmp_path)
+    with mgr, pytest.raises(CheckpointCorruptError, match="no checkpoint verifies") as info:
+        mgr.restore()
+    assert "step 1 is corrupt" in str(info.value) and "step 2 is corrupt" in str(info.value)
+
+
+def test_manifest_has_a_checksum_per_array_and_for_the_metadata(tmp_path: Path) -> None:
+    from scirs2_optim_jax.checkpoint.integrity import array_sha256, json_sha256
+
+    _save_steps(tmp_path, (4,))
+    manifest = json.loads((tmp_path / "4" / "manifest" / "manifest.json").read_text())
+    meta = json.loads((tmp_path / "4" / "meta" / "meta.json").read_text())
+    assert manifest["step"] == 4
+    assert manifest["arrays"] == {
+        "leaf_00000": array_sha256(np.arange(5) * 4),
+        "leaf_00001": array_sha256(np.full((64, 32), 4, np.float32)),
+    }
+    assert manifest["metadata_sha256"] == json_sha256(meta)
+
+
+def test_restore_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a checkpoint must never be unpickled")
+
+    _save_steps(tmp_path, (1,))
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(np, "load", refuse)
+    with CheckpointManager(tmp_path) as mgr:
+        assert mgr.restore().step == 1
+
+
+def test_symlinked_step_outside_the_directory_is_refused(tmp_path: Path) -> None:
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    _save_steps(run, (1,))
+    _save_steps(elsewhere, (5,))
+    (run / "5").symlink_to(elsewhere / "5")
+    with CheckpointManager(run) as mgr:
+        with pytest.raises(ValueError, match=r"step 5 resolves outside .*run.*refusing it"):
+            mgr.restore(5)
+        assert mgr.restore().step == 1  # the newest step that is really inside, verified
+
+
+def test_symlinked_file_inside_a_step_is_refused(tmp_path: Path) -> None:
+    _save_steps(tmp_path, (1, 2))
+    meta = tmp_path / "2" / "meta" / "meta.json"
+    meta.unlink()
+    meta.symlink_to(tmp_path / "1" / "meta" / "meta.json")
+    mgr = CheckpointManager(tmp_path)
+    with mgr, pytest.raises(CheckpointCorruptError, match="a symbolic link"):
+        mgr.restore(2)
+
+
+def test_bad_committed_step_is_moved_aside_not_overwritten(tmp_path: Path) -> None:
+    _save_steps(tmp_path, (1, 2))
+    bad_file = _edit_metadata(tmp_path / "2")
+    edited = bad_file.read_bytes()
+    with CheckpointManager(tmp_path, async_save=False) as mgr:
+        assert mgr.restore().step == 1
+        mgr.save(2, {"w": np.zeros(3)}, force=True)
+        assert mgr.restore().step == 2
+    quarantined = list((tmp_path / "quarantine").iterdir())
+    assert len(quarantined) == 1 and quarantined[0].name.startswith("2-")
+    assert (quarantined[0] / "meta" / "meta.json").read_bytes() == edited
+
+
+# -- the `ckpt` command ----------------------------------------------------------------
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scirs2-optim")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_cli_ls_lists_steps_sizes_metrics_and_verification(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _save_steps(tmp_path)
+    _flip_data(tmp_path / "2")
+    assert _cli(["ckpt", "ls", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    rows = {int(line.split()[0]): line.split() for line in out.splitlines()[1:]}
+    assert sorted(rows) == [1, 2, 3]
+    for step, (_, size, status, metric) in rows.items():
+        expected = sum(f.stat().st_size for f in (tmp_path / str(step)).rglob("*") if f.is_file())
+        assert int(size) == expected
+        assert status == ("BAD" if step == 2 else "ok")
+        assert metric == f"loss={1.0 / step:.6g}"
+    assert "step 2: checkpoint step 2 is corrupt" in err
+
+
+def test_cli_verify_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _save_steps(tmp_path)
+    assert _cli(["ckpt", "verify", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["step 1: ok", "step 2: ok", "step 3: ok"]
+    _truncate_data(tmp_path / "3")
+    assert _cli(["ckpt", "verify", str(tmp_path), "--step", "2"]) == 0
+    assert _cli(["ckpt", "verify", str(tmp_path), "--step", "3"]) == 1
+    assert _cli(["ckpt", "verify", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "step 3: BAD: checkpoint step 3 is corrupt" in err
+    assert _cli(["ckpt", "verify", str(tmp_path), "--step", "9"]) == 1
+    assert "no committed checkpoint for step 9" in capsys.readouterr().err
+
+
+def test_cli_bad_usage_is_one_message_and_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli(["ckpt", "ls", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no checkpoint directory at" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:
+        _cli(["ckpt", "verify", str(tmp_path), "--step", "-1"])
+    assert info.value.code == 2
+    assert "must be an integer >= 0, got -1" in capsys.readouterr().err
+
+
+def test_cli_reads_without_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _save_steps(tmp_path, (1,))
+    (tmp_path / "7.orbax-checkpoint-tmp").mkdir()  # a save cut short: ls must leave it be
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    assert _cli(["ckpt", "ls", str(tmp_path)]) == 0
+    assert _cli(["ckpt", "verify", str(tmp_path)]) == 0
+    after = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    assert before == after
+    assert _cli(["ckpt", "ls", str(tmp_path / "1" / "state")]) == 0
+    assert "no checkpoints in" in capsys.readouterr().out
+    assert os.listdir(tmp_path / "1" / "state")  # untouched
