@@ -29,25 +29,31 @@ TOTAL_STEPS = 10_000  # horizon of the warmup-cosine schedules
 def leaf_shapes(total: int, num_leaves: int) -> list[tuple[int, ...]]:
     """Shapes of ``num_leaves`` leaves holding ``total`` parameters, like a network's tree.
 
-    Three in four leaves are matrices (kernels), one in four vectors (biases, scales);
-    sizes are equal up to rounding and add up to exactly ``total``.
+    Three in four leaves are matrices (kernels) with 128 or more columns, as layers have;
+    one in four are vectors (biases, scales). Matrix sizes are rounded down to whole rows
+    and the last vector absorbs the remainder, so the sizes add up to exactly ``total``.
+    (Narrow matrices are not harmless: XLA CPU vectorises along the minor axis, and a
+    16-column matrix runs AdamW about 2x slower than the same data with 128 columns.)
 
     Example:
-        >>> shapes = leaf_shapes(1000, 8)
-        >>> sum(math.prod(s) for s in shapes), len(shapes)
-        (1000, 8)
+        >>> shapes = leaf_shapes(100_000, 8)
+        >>> sum(math.prod(s) for s in shapes), len(shapes), shapes[0]
+        (100000, 8, (97, 128))
     """
-    base, extra = divmod(total, num_leaves)
+    if num_leaves < 4:
+        raise ValueError(f"leaf_shapes: num_leaves must be >= 4, got {num_leaves}")
+    base = total // num_leaves
+    cols = 128
+    while cols * 2 <= 1024 and base // (cols * 2) >= cols * 2:
+        cols *= 2
     shapes: list[tuple[int, ...]] = []
-    for i in range(num_leaves):
-        size = base + (1 if i < extra else 0)
+    for i in range(num_leaves - 1):
         if i % 4 == 3:
-            shapes.append((size,))
-            continue
-        cols = 128
-        while cols > 1 and size % cols:
-            cols //= 2
-        shapes.append((size // cols, cols))
+            shapes.append((base,))
+        else:
+            shapes.append((max(1, base // cols), cols))
+    used = sum(math.prod(s) for s in shapes)
+    shapes.append((total - used,))
     return shapes
 
 
