@@ -110,17 +110,20 @@ def load_digits_split(seed: int = 0, test_size: int = DEFAULT_TEST_SIZE) -> Digi
 
 
 def iterate_batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int = 0
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int = 0, *, start: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields ``(x_batch, y_batch)`` forever, reshuffling at the start of every epoch.
 
     Every batch has exactly ``batch_size`` rows (the remainder of an epoch is dropped), so a
-    jitted step sees one shape and compiles once.
+    jitted step sees one shape and compiles once. The sequence is a function of ``seed``
+    alone; ``start`` skips its first batches without building them, so a run resumed after
+    ``start`` steps sees exactly the batches the uninterrupted run would have seen.
 
     Args:
         x, y: the samples and labels, the same length along axis 0.
         batch_size: rows per batch, between 1 and ``len(x)``.
         seed: seeds the ``numpy`` Generator that draws each epoch's permutation.
+        start: how many batches of the sequence to skip, an integer >= 0.
 
     Returns:
         An endless iterator of batches.
@@ -130,6 +133,11 @@ def iterate_batches(
         >>> batches = iterate_batches(np.arange(10.0)[:, None], np.arange(10), 4, seed=0)
         >>> [len(next(batches)[0]) for _ in range(3)]
         [4, 4, 4]
+        >>> third = iterate_batches(np.arange(10.0)[:, None], np.arange(10), 4, start=2)
+        >>> fresh = iterate_batches(np.arange(10.0)[:, None], np.arange(10), 4)
+        >>> _ = [next(fresh) for _ in range(2)]
+        >>> bool((next(third)[1] == next(fresh)[1]).all())
+        True
     """
     n = len(x)
     if len(y) != n:
@@ -142,16 +150,24 @@ def iterate_batches(
             f"iterate_batches: batch_size must be an integer <= {n} (the number of samples), "
             f"got {batch_size!r}"
         )
+    _check_int("iterate_batches", "start", start, 0)
     # Validated above, before the first batch is asked for; the generator only draws.
-    return _batches(x, y, batch_size, np.random.default_rng(seed))
+    return _batches(x, y, batch_size, np.random.default_rng(seed), start)
 
 
 def _batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator
+    x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator, skip: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     n = len(x)
+    per_epoch = n // batch_size
+    skip_epochs, first = divmod(skip, per_epoch)
+    # Skipped epochs still draw their permutation: the Generator's state must advance
+    # exactly as it would have.
+    for _ in range(skip_epochs):
+        rng.permutation(n)
     while True:
         perm = rng.permutation(n)
-        for start in range(0, n - batch_size + 1, batch_size):
-            idx = perm[start : start + batch_size]
+        for index in range(first, per_epoch):
+            idx = perm[index * batch_size : (index + 1) * batch_size]
             yield x[idx], y[idx]
+        first = 0

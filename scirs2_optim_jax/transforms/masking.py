@@ -35,3 +35,24 @@ def select_by_mask(mask: Mask, params: Any, selected: Any, unselected: Any) -> A
         unselected,
         is_leaf=lambda x: x is None,
     )
+
+
+def mask_leaves(mask: Mask, params: Any, tree: Any) -> list[bool]:
+    """The mask as one bool per leaf of ``tree``, in ``jax.tree.leaves`` order.
+
+    Example:
+        >>> mask_leaves({"a": True, "b": False}, None, {"a": [1, 2], "b": 3})
+        [True, True, False]
+    """
+    if mask is None or mask is True:
+        return [True] * len(jax.tree.leaves(tree))
+    if mask is False:
+        return [False] * len(jax.tree.leaves(tree))
+    mask_tree = mask(params) if callable(mask) else mask
+    full = jax.tree.map(
+        lambda m, sub: jax.tree.map(lambda _: bool(m), sub),
+        mask_tree,
+        tree,
+        is_leaf=lambda x: x is None,
+    )
+    return jax.tree.leaves(full)
