@@ -44,6 +44,16 @@ def test_device_summary_reports_the_fake_cpu_devices() -> None:
     assert str(summary).startswith("8 x ")
 
 
+def test_device_summary_reports_memory_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
+    summary = parallel.device_summary()
+    settings = summary.memory_settings
+    assert settings.preallocate is False and settings.memory_fraction == 0.5
+    assert settings.backend_initialized
+    assert "preallocate False" in str(summary) and "0.5" in str(summary)
+
+
 class _LinenMLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

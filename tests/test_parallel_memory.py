@@ -62,3 +62,16 @@ def test_compiled_memory_analysis_shows_the_drop(n: int) -> None:
     assert saved > 0
     assert arguments[0] - arguments[2] == saved
     print(f"\nN={n}: compiled step argument bytes per device, plain DP vs ZeRO: {arguments}")
+
+
+@pytest.mark.parametrize(("n", "stage"), [(2, 1), (4, 2), (8, 1), (8, 2)])
+def test_memory_planner_predicts_real_zero_state(n: int, stage: int) -> None:
+    """The planner's optimizer-state bytes equal what ZeRO really holds on each device."""
+    from scirs2_optim_jax.config import plan_memory
+
+    step, params, state = problem.initial_step(n, stage)
+    (actual,) = _bytes_per_device(state, step.mesh)
+    plan = plan_memory(
+        params, problem.make_tx("clip_adamw", "data", 10), zero_stage=stage, num_devices=n
+    )
+    assert plan.optimizer_state_bytes == actual

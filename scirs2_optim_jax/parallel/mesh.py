@@ -100,6 +100,9 @@ class DeviceSummary:
         process_index: this process's index.
         memory_bytes: per-device memory limit where the backend reports it, else None.
         devices: one :class:`DeviceInfo` per device.
+        memory_settings: the accelerator memory settings in effect (preallocation, memory
+            fraction, allocator), as :func:`scirs2_optim_jax.config.memory_settings_report`
+            reads them.
     """
 
     platform: str
@@ -110,13 +113,17 @@ class DeviceSummary:
     process_index: int
     memory_bytes: int | None
     devices: tuple[DeviceInfo, ...]
+    memory_settings: Any = None
 
     def __str__(self) -> str:
         memory = "unknown" if self.memory_bytes is None else f"{self.memory_bytes / 2**30:.1f} GiB"
-        return (
+        text = (
             f"{self.count} x {self.kind} ({self.platform}), {self.local_count} local, "
             f"process {self.process_index} of {self.process_count}, memory per device {memory}"
         )
+        if self.memory_settings is not None:
+            text += "\n" + self.memory_settings.describe()
+        return text
 
 
 def _memory_bytes(device: jax.Device) -> int | None:
@@ -163,6 +170,10 @@ def device_summary(devices: Sequence[jax.Device] | None = None) -> DeviceSummary
         for d in devices
     )
     memories = [info.memory_bytes for info in infos]
+    # Imported here: the config package imports the training demo, which needs no parallel
+    # code, but keeping the edge one-way at import time avoids a cycle as both grow.
+    from scirs2_optim_jax.config.accelerator import memory_settings_report
+
     return DeviceSummary(
         platform=_one_or_mixed([i.platform for i in infos]),
         kind=_one_or_mixed([i.kind for i in infos]),
@@ -172,4 +183,5 @@ def device_summary(devices: Sequence[jax.Device] | None = None) -> DeviceSummary
         process_index=jax.process_index(),
         memory_bytes=None if any(m is None for m in memories) else min(memories),  # type: ignore[type-var]
         devices=infos,
+        memory_settings=memory_settings_report(),
     )
