@@ -141,7 +141,7 @@ def test_trains_flax_nnx_optimizer_to_low_loss(name: str) -> None:
 
     first_loss = step(model, optimizer)
     with count_compilations() as compiles:
-        for _ in range(400):
+        for _ in range(600):
             loss = step(model, optimizer)
     assert compiles == []
     assert float(first_loss) > 0.2
