@@ -10,6 +10,15 @@ Each subcommand is a ``_add_<name>(subparsers)`` function that declares its opti
 ``handler`` to a ``_run_<name>(args) -> int`` function. Handlers import JAX and the rest of the
 package themselves, so building the parser (and ``--help``) stays cheap.
 
+``train`` options: --optimizer, --learning-rate, --schedule, --steps, --batch-size, --seed,
+--devices (N fake CPU devices: ``XLA_FLAGS`` is set before JAX starts; data parallelism over
+a ``data`` mesh), --zero-stage {0,1,2}, --config FILE (a RunConfig; options override it),
+--checkpoint-dir, --save-every, --resume, --stop-at, --metrics-port (Prometheus /metrics and
+/health on 127.0.0.1; bearer token from ``SCIRS2_METRICS_TOKEN`` only), --log-every. On a
+terminal it draws a rich progress bar (loss, learning rate, samples/s), elsewhere it prints
+a line every --log-every steps; then a summary table and, last, ``params_sha256: <hex>``.
+With a checkpoint directory, SIGTERM makes a final save and the command exits 0.
+
 Exit codes: 0 success; 2 bad usage or an invalid value (one message on stderr, no traceback);
 1 the run itself failed.
 """
@@ -17,10 +26,11 @@ Exit codes: 0 success; 2 bad usage or an invalid value (one message on stderr, n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 __all__ = ["main"]
 
@@ -29,6 +39,7 @@ PROG = "scirs2-optim"
 # Kept here rather than imported from scirs2_optim_jax.training, which imports JAX and Flax;
 # tests/test_training.py checks that both agree.
 TRAIN_OPTIMIZERS = ("adamw", "adam", "sgd", "lamb", "lion", "lars", "radam", "rmsprop", "adagrad")
+TRAIN_SCHEDULES = ("warmup-cosine", "warmup-constant", "constant", "cosine", "linear", "one-cycle")
 TRAIN_MAX_BATCH_SIZE = 1437  # the training-set size
 TRAIN_DEFAULTS = {
     "optimizer": "adamw",
@@ -37,7 +48,19 @@ TRAIN_DEFAULTS = {
     "batch_size": 128,
     "seed": 0,
     "log_every": 100,
+    "schedule": "warmup-cosine",
+    "devices": 1,
+    "zero_stage": 0,
+    "save_every": 100,
 }
+# [schedule] name in a RunConfig -> the train command's schedule name.
+_CONFIG_SCHEDULES = {
+    "warmup_cosine": "warmup-cosine",
+    "warmup_constant": "warmup-constant",
+    "constant": "constant",
+}
+METRICS_HOST = "127.0.0.1"
+METRICS_TOKEN_VAR = "SCIRS2_METRICS_TOKEN"  # noqa: S105  a variable name, not a secret
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,106 +106,353 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train the demo MLP on the handwritten digits",
         description=(
-            "Train a 64-128-128-10 MLP on scikit-learn's handwritten digits (no network "
-            "needed) with a warmup + cosine learning-rate schedule, then report the test "
-            "accuracy and a sha256 of the final parameters (same seed, same hash)."
+            "Train a 64-128-128-10 Flax NNX MLP on scikit-learn's handwritten digits (no "
+            "network needed), on 1 to N (fake CPU) devices with data parallelism and optional "
+            "ZeRO, with checkpoints, resume and a Prometheus endpoint; then report the test "
+            "accuracy and a sha256 of the final parameters (same seed, same hash). Settings "
+            "come from the built-in defaults, then --config (and SCIRS2_OPTIM_* variables), "
+            "then the options given here."
+        ),
+        epilog=(
+            "From a config file the command reads seed, batch_size, [optimizer] (after "
+            "[features]), [schedule], clipping.max_global_norm, parallel.num_devices and "
+            "zero_stage, [checkpoint] and monitoring.enabled/metrics_port; it refuses "
+            "precision.mode other than fp32 and parallel.gradient_checkpointing. Exit codes: "
+            "0 success (also after SIGTERM with --checkpoint-dir: a final save, then exit), "
+            "2 bad usage or config, 1 the run failed."
         ),
     )
     parser.add_argument(
         "--optimizer",
         choices=TRAIN_OPTIMIZERS,
-        default=d["optimizer"],
-        help="optimizer (default: %(default)s)",
+        default=None,
+        help=f"optimizer (default: {d['optimizer']})",
     )
     parser.add_argument(
         "--learning-rate",
         type=_positive_float,
-        default=d["learning_rate"],
+        default=None,
         metavar="LR",
         help="peak learning rate (default: the optimizer's own, 3e-3 for adamw)",
     )
     parser.add_argument(
+        "--schedule",
+        choices=TRAIN_SCHEDULES,
+        default=None,
+        help=f"learning-rate schedule (default: {d['schedule']}, 6%% warmup)",
+    )
+    parser.add_argument(
         "--steps",
         type=_int_in_range(1),
-        default=d["steps"],
-        help="optimizer steps (default: %(default)s)",
+        default=None,
+        help=f"optimizer steps, also the schedule's length (default: {d['steps']})",
     )
     parser.add_argument(
         "--batch-size",
         type=_int_in_range(1, TRAIN_MAX_BATCH_SIZE),
-        default=d["batch_size"],
-        help=f"samples per step, at most {TRAIN_MAX_BATCH_SIZE} (default: %(default)s)",
+        default=None,
+        help=f"samples per step, at most {TRAIN_MAX_BATCH_SIZE}, divisible by --devices "
+        f"(default: {d['batch_size']})",
     )
     parser.add_argument(
         "--seed",
         type=_int_in_range(0),
-        default=d["seed"],
-        help="seeds the initial parameters and the batch order (default: %(default)s)",
+        default=None,
+        help=f"seeds the initial parameters and the batch order (default: {d['seed']})",
+    )
+    parser.add_argument(
+        "--devices",
+        type=_int_in_range(1),
+        default=None,
+        metavar="N",
+        help="devices on the data-parallel mesh axis; on CPU the command makes N fake "
+        f"devices (XLA_FLAGS) before JAX starts (default: {d['devices']})",
+    )
+    parser.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="0: replicated optimizer state; 1: state sharded over the devices (ZeRO-1); "
+        f"2: state and gradients sharded (ZeRO-2) (default: {d['zero_stage']})",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML, YAML or JSON run config (default: $SCIRS2_OPTIM_CONFIG if set); the "
+        "options given here override it",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        default=None,
+        help="save checkpoints here (asynchronously) every --save-every steps and at the end",
+    )
+    parser.add_argument(
+        "--save-every",
+        type=_int_in_range(1),
+        default=None,
+        metavar="K",
+        help=f"steps between checkpoints (default: {d['save_every']})",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest good checkpoint in --checkpoint-dir (the same run "
+        "settings are required; devices and ZeRO stage may differ)",
+    )
+    parser.add_argument(
+        "--stop-at",
+        type=_int_in_range(1),
+        default=None,
+        metavar="STEP",
+        help="end after this step with a checkpoint; --resume later continues to --steps",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_int_in_range(0, 65535),
+        default=None,
+        metavar="PORT",
+        help=f"serve Prometheus /metrics and /health on {METRICS_HOST}:PORT during the run "
+        f"(0: any free port); a bearer token is read from ${METRICS_TOKEN_VAR} only",
     )
     parser.add_argument(
         "--log-every",
         type=_int_in_range(0),
         default=d["log_every"],
         metavar="N",
-        help="print the loss every N steps; 0: only at the end (default: %(default)s)",
+        help="without a terminal: print a progress line every N steps; 0: only at the end "
+        "(default: %(default)s)",
     )
     parser.set_defaults(handler=_run_train)
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from scirs2_optim_jax.training import TrainLog, check_train_args, train_digits
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG} train: error: {message}", file=sys.stderr)
+    return code
 
-    config = {
-        "optimizer": args.optimizer,
-        "learning_rate": args.learning_rate,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "log_every": args.log_every,
+
+def _train_base_config() -> Any:
+    """The train command's defaults as a RunConfig: what a config file overrides."""
+    from scirs2_optim_jax import config as c
+
+    d = TRAIN_DEFAULTS
+    return c.RunConfig(
+        name="digits",
+        seed=d["seed"],
+        batch_size=d["batch_size"],
+        optimizer=c.OptimizerConfig(name=d["optimizer"], learning_rate=3e-3),
+        schedule=c.ScheduleConfig(name="warmup_cosine", total_steps=d["steps"]),
+        clipping=c.ClippingConfig(max_global_norm=None),
+        parallel=c.ParallelConfig(num_devices=d["devices"], zero_stage=d["zero_stage"]),
+        checkpoint=c.CheckpointConfig(directory=None, every_steps=d["save_every"]),
+        monitoring=c.MonitoringConfig(metrics_port=None),
+    )
+
+
+def _learning_rate_given(path: str | None, environ: Mapping[str, str]) -> bool:
+    """Whether the config file or the environment sets optimizer.learning_rate."""
+    from scirs2_optim_jax.config import ENV_PREFIX, read_config_file
+
+    if environ.get(f"{ENV_PREFIX}OPTIMIZER__LEARNING_RATE", "").strip():
+        return True
+    if path is None:
+        return False
+    section = read_config_file(path).get("optimizer")
+    return isinstance(section, Mapping) and "learning_rate" in section
+
+
+def _train_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Merges defaults, config file, environment and options into train_digits arguments.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError: naming the invalid option or config field.
+    """
+    from scirs2_optim_jax import config as c
+
+    path = args.config or environ.get(c.CONFIG_FILE_VAR) or None
+    config = c.load_config(path, environ=environ, base=_train_base_config())
+    overrides: dict[str, Any] = {}
+    options = {
+        ("optimizer", "name"): args.optimizer,
+        ("optimizer", "learning_rate"): args.learning_rate,
+        ("schedule", "total_steps"): args.steps,
+        ("batch_size",): args.batch_size,
+        ("seed",): args.seed,
+        ("parallel", "num_devices"): args.devices,
+        ("parallel", "zero_stage"): args.zero_stage,
+        ("checkpoint", "directory"): args.checkpoint_dir,
+        ("checkpoint", "every_steps"): args.save_every,
     }
+    for key, value in options.items():
+        if value is None:
+            continue
+        if len(key) == 1:
+            overrides[key[0]] = value
+        else:
+            overrides.setdefault(key[0], {})[key[1]] = value
+    if args.optimizer is not None:
+        # The option names the optimizer to run; a variant flag in the config must not win.
+        overrides.setdefault("features", {})["optimizer_variant"] = None
     try:
-        learning_rate = check_train_args(**config)
+        config = c.RunConfig.from_mapping(overrides, base=config)
     except (ValueError, TypeError) as err:
-        print(f"{PROG} train: error: {err}", file=sys.stderr)
-        return 2
-    config["learning_rate"] = learning_rate
+        raise type(err)(f"{err} (from the command line)") from None
 
+    if config.precision.mode != "fp32":
+        raise ValueError(
+            f"config: precision.mode = {config.precision.mode!r} is not supported by "
+            "scirs2-optim train, which trains in fp32; set it to 'fp32'"
+        )
+    if config.parallel.gradient_checkpointing:
+        raise ValueError(
+            "config: parallel.gradient_checkpointing = true is not supported by "
+            "scirs2-optim train (the demo MLP needs no rematerialisation); set it to false"
+        )
+    optimizer = c.resolve_optimizer(config)
+    hyperparameters = c.optimizer_arguments(optimizer)
+    lr_given = args.learning_rate is not None or _learning_rate_given(path, environ)
+    port = args.metrics_port
+    if port is None and config.monitoring.enabled:
+        port = config.monitoring.metrics_port
+    checkpoint = config.checkpoint
+    if args.resume and checkpoint.directory is None:
+        raise ValueError("--resume needs --checkpoint-dir (or checkpoint.directory in --config)")
+    return {
+        "config": config,
+        "metrics_port": port,
+        "train": {
+            "optimizer": optimizer.name,
+            "learning_rate": optimizer.learning_rate if lr_given else None,
+            "steps": config.schedule.total_steps,
+            "batch_size": config.batch_size,
+            "seed": config.seed,
+            "schedule": args.schedule or _CONFIG_SCHEDULES[config.schedule.name],
+            "warmup_ratio": config.schedule.warmup_ratio,
+            "min_lr_ratio": config.schedule.min_lr_ratio,
+            "hyperparameters": hyperparameters,
+            "max_global_norm": config.clipping.max_global_norm,
+            "devices": config.parallel.num_devices,
+            "zero_stage": config.parallel.zero_stage,
+            "save_every": checkpoint.every_steps,
+            "keep_checkpoints": checkpoint.keep,
+            "stop_at": args.stop_at,
+        },
+        "checkpoint_dir": checkpoint.directory,
+        "async_save": checkpoint.async_save,
+    }
+
+
+def _start_monitor(port: int, batch_size: int, environ: Mapping[str, str]) -> Any:
+    """A started RunMonitor serving /metrics and /health on 127.0.0.1:port."""
+    from scirs2_optim_jax.monitor import MonitorConfig, RunMonitor
+
+    # Only the token comes from the environment: the host is always loopback here, and the
+    # token is never an option (it would show in `ps`).
+    token_env = {METRICS_TOKEN_VAR: environ.get(METRICS_TOKEN_VAR, "")}
+    config = MonitorConfig.from_env(token_env, host=METRICS_HOST, port=port, log_every=0)
+    return RunMonitor(config, batch_size=batch_size, configure_logs=False).start()
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import os
+
+    from scirs2_optim_jax import training
+
+    try:
+        settings = _train_settings(args, os.environ)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        return _fail(str(err), 2)
+    train_args = settings["train"]
+    try:
+        # Before anything starts JAX's backend: the device count and memory settings are
+        # read once, when it starts.
+        from scirs2_optim_jax.config import BackendAlreadyInitializedError, apply_memory_settings
+
+        apply_memory_settings(settings["config"])
+        if train_args["devices"] is not None:
+            training.request_cpu_devices(train_args["devices"])
+        learning_rate = training.check_train_args(**train_args, log_every=args.log_every)
+    except (ValueError, TypeError, BackendAlreadyInitializedError) as err:
+        return _fail(str(err), 2)
+    train_args["learning_rate"] = learning_rate
+
+    return _train_and_report(args, settings, os.environ)
+
+
+def _train_and_report(
+    args: argparse.Namespace, settings: dict[str, Any], environ: Mapping[str, str]
+) -> int:
+    from rich.console import Console
+
+    from scirs2_optim_jax import training
+    from scirs2_optim_jax.checkpoint import PreemptionGuard
+    from scirs2_optim_jax.training.report import ProgressReporter, summary_table
+
+    train_args = settings["train"]
+    checkpoint_dir = settings["checkpoint_dir"]
+    devices = train_args["devices"]
     print(
-        f"train: {args.optimizer}, peak lr {learning_rate:.1e} (warmup + cosine), "
-        f"{args.steps} steps of {args.batch_size}, seed {args.seed}",
+        f"train: {train_args['optimizer']}, peak lr {train_args['learning_rate']:.1e} "
+        f"({train_args['schedule']}), {train_args['steps']} steps of "
+        f"{train_args['batch_size']}, seed {train_args['seed']}, "
+        f"devices {'all' if devices is None else devices}, ZeRO stage "
+        f"{train_args['zero_stage']}",
         flush=True,
     )
-    width = len(str(args.steps))
+    monitor = None
+    if settings["metrics_port"] is not None:
+        try:
+            monitor = _start_monitor(settings["metrics_port"], train_args["batch_size"], environ)
+        except (OSError, ValueError) as err:
+            return _fail(
+                f"--metrics-port {settings['metrics_port']}: cannot serve metrics on "
+                f"{METRICS_HOST}: {err}",
+                2,
+            )
+        print(f"metrics: {monitor.url}/metrics and {monitor.url}/health", flush=True)
 
-    def on_log(log: TrainLog) -> None:
-        print(
-            f"step {log.step:>{width}}/{log.steps}  loss {log.loss:.4f}  "
-            f"lr {log.learning_rate:.1e}",
-            flush=True,
-        )
-
+    console = Console(highlight=False)
+    reporter = ProgressReporter(console, train_args["steps"], args.log_every)
+    guard = PreemptionGuard() if checkpoint_dir is not None else None
     try:
-        result = train_digits(**config, on_log=on_log)
+        with contextlib.ExitStack() as stack:
+            if guard is not None:
+                stack.enter_context(guard)
+            stack.enter_context(reporter)
+            result = training.train_digits(
+                **train_args,
+                log_every=reporter.refresh_every,
+                on_log=reporter,
+                checkpoint_dir=checkpoint_dir,
+                async_save=settings["async_save"],
+                resume=args.resume,
+                stop_requested=None if guard is None else (lambda: guard.requested),
+                monitor=monitor,
+            )
+    except training.RunSetupError as err:
+        return _fail(str(err), 2)
     except Exception as err:
-        print(f"{PROG} train: error: the run failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+        return _fail(f"the run failed: {type(err).__name__}: {err}", 1)
+    finally:
+        if monitor is not None:
+            monitor.close()
 
-    print(f"final loss     {result.final_loss:.4f} (whole training set)")
-    print(f"test accuracy  {result.test_accuracy:.2%}")
-    print(f"steps          {result.steps}")
-    print(
-        f"seconds        {result.seconds:.1f} (first step, with compilation: "
-        f"{result.compile_seconds:.1f})"
-    )
-    print(f"steps/s        {result.steps_per_second:.0f}")
+    if result.start_step:
+        print(f"resumed from checkpoint step {result.start_step} in {checkpoint_dir}")
+    if result.stop_reason == "preempted":
+        print(
+            f"preempted (signal {guard.signal_number if guard else '?'}) after step "
+            f"{result.step}; saved checkpoint step {result.checkpoint_step}; rerun with "
+            "--resume to continue"
+        )
+    console.print(summary_table(result))
     print(f"params_sha256: {result.params_sha256}", flush=True)
     if not math.isfinite(result.final_loss):
-        print(
-            f"{PROG} train: error: the run diverged: final loss {result.final_loss}; "
-            "try a smaller --learning-rate",
-            file=sys.stderr,
+        return _fail(
+            f"the run diverged: final loss {result.final_loss}; try a smaller --learning-rate",
+            1,
         )
-        return 1
     return 0
 
 
@@ -190,9 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Returns the ``scirs2-optim`` argument parser, one subparser per subcommand.
 
     Example:
-        >>> args = build_parser().parse_args(["train", "--steps", "10"])
-        >>> args.steps, args.optimizer
-        (10, 'adamw')
+        >>> args = build_parser().parse_args(["train", "--steps", "10", "--zero-stage", "2"])
+        >>> args.steps, args.zero_stage, args.optimizer  # None: from --config or the default
+        (10, 2, None)
     """
     parser = _Parser(
         prog=PROG, description="Optax-compatible optimizers for JAX: tools and demo jobs."

@@ -116,3 +116,11 @@ def test_compilation_cache_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) 
     assert enable_compilation_cache() is None
     with pytest.raises(ValueError, match="min_compile_seconds"):
         enable_compilation_cache("/tmp/x", min_compile_seconds=-1)
+
+
+def test_compile_twice_refuses_an_unknown_config_before_starting_a_process() -> None:
+    # The name is written into the child's code, so only known names are accepted.
+    from scirs2_optim_jax.bench.cache_check import compile_twice
+
+    with pytest.raises(ValueError, match=r"config must be one of .*got \"b'\); import os"):
+        compile_twice("b'); import os; ('")

@@ -32,6 +32,13 @@ def compile_seconds(config: str) -> float:
 
 def compile_twice(config: str = "b", timeout: float = 600.0) -> tuple[float, float]:
     """Compile seconds of a first and a second fresh process sharing one empty cache dir."""
+    from scirs2_optim_jax.bench.configs import CONFIGS
+
+    # Checked before it is written into the child's code: only a known config name goes in.
+    if not isinstance(config, str) or config not in CONFIGS:
+        raise ValueError(
+            f"compile_twice: config must be one of {', '.join(sorted(CONFIGS))}, got {config!r}"
+        )
     with tempfile.TemporaryDirectory(prefix="scirs2-cache-") as cache:
         env = {**os.environ, "SCIRS2_OPTIM_COMPILATION_CACHE": cache}
         code = (
@@ -42,7 +49,7 @@ def compile_twice(config: str = "b", timeout: float = 600.0) -> tuple[float, flo
         )
         times = []
         for _ in range(2):
-            out = subprocess.run(
+            out = subprocess.run(  # noqa: S603  our own interpreter, fixed code, no shell
                 [sys.executable, "-c", code],
                 env=env,
                 capture_output=True,
