@@ -140,7 +140,7 @@ def _torch_adamw_ms(params: Any, repeats: int) -> float | None:
     except ImportError:
         return None
     tensors = [
-        torch.nn.Parameter(torch.from_numpy(np.asarray(p, np.float32)).clone())
+        torch.nn.Parameter(torch.from_numpy(np.array(p, np.float32)))
         for p in jax.tree.leaves(params)
     ]
     for t in tensors:
