@@ -477,6 +477,46 @@ class TrainResult:
     params_sha256: str
 
 
+def _checked_spec(
+    optimizer: str,
+    learning_rate: float | None,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    log_every: int,
+    *,
+    schedule: str,
+    devices: int | None,
+    zero_stage: int,
+    hyperparameters: Mapping[str, Any] | None,
+    max_global_norm: float | None,
+    warmup_ratio: float,
+    min_lr_ratio: float,
+    data_seed: int,
+    save_every: int,
+    keep_checkpoints: int,
+    stop_at: int | None,
+) -> TrainSpec:
+    """The validated run spec shared by :func:`check_train_args` and :func:`train_digits`."""
+    spec = TrainSpec.create(
+        optimizer,
+        learning_rate,
+        steps,
+        batch_size,
+        seed,
+        schedule=schedule,
+        warmup_ratio=warmup_ratio,
+        min_lr_ratio=min_lr_ratio,
+        hyperparameters=hyperparameters,
+        max_global_norm=max_global_norm,
+        data_seed=data_seed,
+    )
+    _check_run_options(
+        "train_digits", spec, log_every, devices, zero_stage, save_every, keep_checkpoints, stop_at
+    )
+    return spec
+
+
 def check_train_args(
     optimizer: str = "adamw",
     learning_rate: float | None = None,
@@ -524,24 +564,25 @@ def check_train_args(
         ...
         ValueError: train_digits: batch_size (100) must be divisible by devices (8)
     """
-    fn = "train_digits"
-    spec = TrainSpec.create(
+    return _checked_spec(
         optimizer,
         learning_rate,
         steps,
         batch_size,
         seed,
+        log_every,
         schedule=schedule,
-        warmup_ratio=warmup_ratio,
-        min_lr_ratio=min_lr_ratio,
+        devices=devices,
+        zero_stage=zero_stage,
         hyperparameters=hyperparameters,
         max_global_norm=max_global_norm,
+        warmup_ratio=warmup_ratio,
+        min_lr_ratio=min_lr_ratio,
         data_seed=data_seed,
-    )
-    _check_run_options(
-        fn, spec, log_every, devices, zero_stage, save_every, keep_checkpoints, stop_at
-    )
-    return spec.learning_rate
+        save_every=save_every,
+        keep_checkpoints=keep_checkpoints,
+        stop_at=stop_at,
+    ).learning_rate
 
 
 def _check_run_options(
@@ -672,21 +713,24 @@ def train_digits(
     from scirs2_optim_jax.training.checkpointing import RunCheckpoints
 
     start_time = time.perf_counter()
-    spec = TrainSpec.create(
+    spec = _checked_spec(
         optimizer,
         learning_rate,
         steps,
         batch_size,
         seed,
+        log_every,
         schedule=schedule,
-        warmup_ratio=warmup_ratio,
-        min_lr_ratio=min_lr_ratio,
+        devices=devices,
+        zero_stage=zero_stage,
         hyperparameters=hyperparameters,
         max_global_norm=max_global_norm,
+        warmup_ratio=warmup_ratio,
+        min_lr_ratio=min_lr_ratio,
         data_seed=data_seed,
-    )
-    _check_run_options(
-        "train_digits", spec, log_every, devices, zero_stage, save_every, keep_checkpoints, stop_at
+        save_every=save_every,
+        keep_checkpoints=keep_checkpoints,
+        stop_at=stop_at,
     )
     for name, value in (("on_log", on_log), ("stop_requested", stop_requested)):
         if value is not None and not callable(value):
