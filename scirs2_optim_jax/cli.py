@@ -14,10 +14,17 @@ package themselves, so building the parser (and ``--help``) stays cheap.
 --devices (N fake CPU devices: ``XLA_FLAGS`` is set before JAX starts; data parallelism over
 a ``data`` mesh), --zero-stage {0,1,2}, --config FILE (a RunConfig; options override it),
 --checkpoint-dir, --save-every, --resume, --stop-at, --metrics-port (Prometheus /metrics and
-/health on 127.0.0.1; bearer token from ``SCIRS2_METRICS_TOKEN`` only), --log-every. On a
-terminal it draws a rich progress bar (loss, learning rate, samples/s), elsewhere it prints
-a line every --log-every steps; then a summary table and, last, ``params_sha256: <hex>``.
-With a checkpoint directory, SIGTERM makes a final save and the command exits 0.
+/health on ``SCIRS2_METRICS_HOST``, default 127.0.0.1; bearer token from
+``SCIRS2_METRICS_TOKEN`` only), --log-every. On a terminal it draws a rich progress bar
+(loss, learning rate, samples/s), elsewhere it prints a line every --log-every steps; then a
+summary table and, last, ``params_sha256: <hex>``. With a checkpoint directory, SIGTERM
+makes a final save and the command exits 0.
+
+Multi-process: with ``SCIRS2_NUM_PROCESSES`` > 1 (and ``SCIRS2_COORDINATOR_ADDRESS``,
+``SCIRS2_PROCESS_ID``), the same command started in every process joins one data-parallel
+run (``init_distributed`` before JAX starts). --devices then counts the devices of all
+processes (default: all of them); process 0 prints the progress and the summary, the others
+only their setup lines and the ``params_sha256`` line; every process serves its own metrics.
 
 Exit codes: 0 success; 2 bad usage or an invalid value (one message on stderr, no traceback);
 1 the run itself failed.
@@ -60,7 +67,13 @@ _CONFIG_SCHEDULES = {
     "constant": "constant",
 }
 METRICS_HOST = "127.0.0.1"
+# The monitor's own variable names (monitor.ENV_VARS; tests/test_deploy.py checks they agree).
+METRICS_HOST_VAR = "SCIRS2_METRICS_HOST"
 METRICS_TOKEN_VAR = "SCIRS2_METRICS_TOKEN"  # noqa: S105  a variable name, not a secret
+# parallel.distributed's names, kept here so that --help needs no JAX import (tests agree).
+COORDINATOR_VAR = "SCIRS2_COORDINATOR_ADDRESS"
+NUM_PROCESSES_VAR = "SCIRS2_NUM_PROCESSES"
+PROCESS_ID_VAR = "SCIRS2_PROCESS_ID"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,9 +130,18 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
             "From a config file the command reads seed, batch_size, [optimizer] (after "
             "[features]), [schedule], clipping.max_global_norm, parallel.num_devices and "
             "zero_stage, [checkpoint] and monitoring.enabled/metrics_port; it refuses "
-            "precision.mode other than fp32 and parallel.gradient_checkpointing. Exit codes: "
-            "0 success (also after SIGTERM with --checkpoint-dir: a final save, then exit), "
-            "2 bad usage or config, 1 the run failed."
+            "precision.mode other than fp32 and parallel.gradient_checkpointing. "
+            f"Multi-process: set {NUM_PROCESSES_VAR} (> 1), {COORDINATOR_VAR} "
+            f"(host:port of process 0) and {PROCESS_ID_VAR} (0 .. N-1) and start the same "
+            "command in every process: they join one data-parallel run over all their "
+            "devices, with the same batches as one process with that many devices; "
+            "--checkpoint-dir must then be storage all processes share. Environment: "
+            f"{METRICS_HOST_VAR} (interface for --metrics-port, default {METRICS_HOST}; "
+            f"0.0.0.0 to be scraped from other hosts), {METRICS_TOKEN_VAR} (bearer token for "
+            "/metrics and /health). Exit codes: 0 success (also after SIGTERM with "
+            "--checkpoint-dir: a final save, then exit; in a multi-process run a signal to "
+            "any process stops all of them at the same step), 2 bad usage or config, 1 the "
+            "run failed."
         ),
     )
     parser.add_argument(
@@ -166,7 +188,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N",
         help="devices on the data-parallel mesh axis; on CPU the command makes N fake "
-        f"devices (XLA_FLAGS) before JAX starts (default: {d['devices']})",
+        f"devices (XLA_FLAGS) before JAX starts (default: {d['devices']}). In a "
+        "multi-process run: devices of all processes together, a multiple of "
+        f"${NUM_PROCESSES_VAR}, each process contributing N / processes (default: all)",
     )
     parser.add_argument(
         "--zero-stage",
@@ -213,8 +237,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         type=_int_in_range(0, 65535),
         default=None,
         metavar="PORT",
-        help=f"serve Prometheus /metrics and /health on {METRICS_HOST}:PORT during the run "
-        f"(0: any free port); a bearer token is read from ${METRICS_TOKEN_VAR} only",
+        help=f"serve Prometheus /metrics and /health on ${METRICS_HOST_VAR}:PORT (default "
+        f"host {METRICS_HOST}) during the run, one server per process (0: any free port); "
+        f"a bearer token is read from ${METRICS_TOKEN_VAR} only",
     )
     parser.add_argument(
         "--log-every",
@@ -232,8 +257,11 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _train_base_config() -> Any:
-    """The train command's defaults as a RunConfig: what a config file overrides."""
+def _train_base_config(processes: int = 1) -> Any:
+    """The train command's defaults as a RunConfig: what a config file overrides.
+
+    A multi-process run uses every device of every process unless told otherwise.
+    """
     from scirs2_optim_jax import config as c
 
     d = TRAIN_DEFAULTS
@@ -244,7 +272,9 @@ def _train_base_config() -> Any:
         optimizer=c.OptimizerConfig(name=d["optimizer"], learning_rate=3e-3),
         schedule=c.ScheduleConfig(name="warmup_cosine", total_steps=d["steps"]),
         clipping=c.ClippingConfig(max_global_norm=None),
-        parallel=c.ParallelConfig(num_devices=d["devices"], zero_stage=d["zero_stage"]),
+        parallel=c.ParallelConfig(
+            num_devices=d["devices"] if processes == 1 else None, zero_stage=d["zero_stage"]
+        ),
         checkpoint=c.CheckpointConfig(directory=None, every_steps=d["save_every"]),
         monitoring=c.MonitoringConfig(metrics_port=None),
     )
@@ -262,8 +292,15 @@ def _learning_rate_given(path: str | None, environ: Mapping[str, str]) -> bool:
     return isinstance(section, Mapping) and "learning_rate" in section
 
 
-def _train_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+def _train_settings(
+    args: argparse.Namespace, environ: Mapping[str, str], processes: int = 1
+) -> dict[str, Any]:
     """Merges defaults, config file, environment and options into train_digits arguments.
+
+    Args:
+        args: the parsed options.
+        environ: the environment (config variables, config file path).
+        processes: the number of processes of the run (``SCIRS2_NUM_PROCESSES``).
 
     Raises:
         ValueError, TypeError, FileNotFoundError: naming the invalid option or config field.
@@ -271,7 +308,7 @@ def _train_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> dic
     from scirs2_optim_jax import config as c
 
     path = args.config or environ.get(c.CONFIG_FILE_VAR) or None
-    config = c.load_config(path, environ=environ, base=_train_base_config())
+    config = c.load_config(path, environ=environ, base=_train_base_config(processes))
     overrides: dict[str, Any] = {}
     options = {
         ("optimizer", "name"): args.optimizer,
@@ -315,6 +352,12 @@ def _train_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> dic
     port = args.metrics_port
     if port is None and config.monitoring.enabled:
         port = config.monitoring.metrics_port
+    devices = config.parallel.num_devices
+    if processes > 1 and devices is not None and devices % processes:
+        raise ValueError(
+            f"--devices (or parallel.num_devices) must be a multiple of the {processes} "
+            f"processes (${NUM_PROCESSES_VAR}), got {devices}"
+        )
     checkpoint = config.checkpoint
     if args.resume and checkpoint.directory is None:
         raise ValueError("--resume needs --checkpoint-dir (or checkpoint.directory in --config)")
@@ -343,14 +386,21 @@ def _train_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> dic
     }
 
 
+def _metrics_host(environ: Mapping[str, str]) -> str:
+    return environ.get(METRICS_HOST_VAR, "").strip() or METRICS_HOST
+
+
 def _start_monitor(port: int, batch_size: int, environ: Mapping[str, str]) -> Any:
-    """A started RunMonitor serving /metrics and /health on 127.0.0.1:port."""
+    """A started RunMonitor serving /metrics and /health on $SCIRS2_METRICS_HOST:port."""
     from scirs2_optim_jax.monitor import MonitorConfig, RunMonitor
 
-    # Only the token comes from the environment: the host is always loopback here, and the
-    # token is never an option (it would show in `ps`).
-    token_env = {METRICS_TOKEN_VAR: environ.get(METRICS_TOKEN_VAR, "")}
-    config = MonitorConfig.from_env(token_env, host=METRICS_HOST, port=port, log_every=0)
+    # Only the host and the token come from the environment (the port is an option, and the
+    # token never is: it would show in `ps`); the other monitor variables do not apply here.
+    env = {
+        METRICS_HOST_VAR: _metrics_host(environ),
+        METRICS_TOKEN_VAR: environ.get(METRICS_TOKEN_VAR, ""),
+    }
+    config = MonitorConfig.from_env(env, port=port, log_every=0)
     return RunMonitor(config, batch_size=batch_size, configure_logs=False).start()
 
 
@@ -358,9 +408,12 @@ def _run_train(args: argparse.Namespace) -> int:
     import os
 
     from scirs2_optim_jax import training
+    from scirs2_optim_jax.parallel.distributed import distributed_from_env, init_distributed
 
     try:
-        settings = _train_settings(args, os.environ)
+        distributed = distributed_from_env(os.environ)
+        processes = 1 if distributed is None else distributed.num_processes
+        settings = _train_settings(args, os.environ, processes)
     except (ValueError, TypeError, FileNotFoundError) as err:
         return _fail(str(err), 2)
     train_args = settings["train"]
@@ -371,11 +424,21 @@ def _run_train(args: argparse.Namespace) -> int:
 
         apply_memory_settings(settings["config"])
         if train_args["devices"] is not None:
-            training.request_cpu_devices(train_args["devices"])
+            training.request_cpu_devices(train_args["devices"] // processes)
         learning_rate = training.check_train_args(**train_args, log_every=args.log_every)
     except (ValueError, TypeError, BackendAlreadyInitializedError) as err:
         return _fail(str(err), 2)
     train_args["learning_rate"] = learning_rate
+    if distributed is not None:
+        # Validation is done: a usage error never waits for the other processes.
+        try:
+            init_distributed(
+                distributed.coordinator_address,
+                distributed.num_processes,
+                distributed.process_id,
+            )
+        except RuntimeError as err:
+            return _fail(str(err), 1)
 
     return _train_and_report(args, settings, os.environ)
 
@@ -383,6 +446,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _train_and_report(
     args: argparse.Namespace, settings: dict[str, Any], environ: Mapping[str, str]
 ) -> int:
+    import jax
     from rich.console import Console
 
     from scirs2_optim_jax import training
@@ -392,14 +456,23 @@ def _train_and_report(
     train_args = settings["train"]
     checkpoint_dir = settings["checkpoint_dir"]
     devices = train_args["devices"]
-    print(
-        f"train: {train_args['optimizer']}, peak lr {train_args['learning_rate']:.1e} "
-        f"({train_args['schedule']}), {train_args['steps']} steps of "
-        f"{train_args['batch_size']}, seed {train_args['seed']}, "
-        f"devices {'all' if devices is None else devices}, ZeRO stage "
-        f"{train_args['zero_stage']}",
-        flush=True,
-    )
+    # In a multi-process run, process 0 reports; the others print only what is theirs.
+    primary = jax.process_index() == 0
+    if primary:
+        print(
+            f"train: {train_args['optimizer']}, peak lr {train_args['learning_rate']:.1e} "
+            f"({train_args['schedule']}), {train_args['steps']} steps of "
+            f"{train_args['batch_size']}, seed {train_args['seed']}, "
+            f"devices {'all' if devices is None else devices}, ZeRO stage "
+            f"{train_args['zero_stage']}",
+            flush=True,
+        )
+    if jax.process_count() > 1:
+        print(
+            f"distributed: process {jax.process_index()} of {jax.process_count()}, "
+            f"{jax.local_device_count()} local of {jax.device_count()} devices",
+            flush=True,
+        )
     monitor = None
     if settings["metrics_port"] is not None:
         try:
@@ -407,7 +480,7 @@ def _train_and_report(
         except (OSError, ValueError) as err:
             return _fail(
                 f"--metrics-port {settings['metrics_port']}: cannot serve metrics on "
-                f"{METRICS_HOST}: {err}",
+                f"{_metrics_host(environ)}: {err}",
                 2,
             )
         print(f"metrics: {monitor.url}/metrics and {monitor.url}/health", flush=True)
@@ -419,11 +492,12 @@ def _train_and_report(
         with contextlib.ExitStack() as stack:
             if guard is not None:
                 stack.enter_context(guard)
-            stack.enter_context(reporter)
+            if primary:
+                stack.enter_context(reporter)
             result = training.train_digits(
                 **train_args,
                 log_every=reporter.refresh_every,
-                on_log=reporter,
+                on_log=reporter if primary else None,
                 checkpoint_dir=checkpoint_dir,
                 async_save=settings["async_save"],
                 resume=args.resume,
@@ -438,15 +512,18 @@ def _train_and_report(
         if monitor is not None:
             monitor.close()
 
-    if result.start_step:
-        print(f"resumed from checkpoint step {result.start_step} in {checkpoint_dir}")
-    if result.stop_reason == "preempted":
-        print(
-            f"preempted (signal {guard.signal_number if guard else '?'}) after step "
-            f"{result.step}; saved checkpoint step {result.checkpoint_step}; rerun with "
-            "--resume to continue"
-        )
-    console.print(summary_table(result))
+    if primary:
+        if result.start_step:
+            print(f"resumed from checkpoint step {result.start_step} in {checkpoint_dir}")
+        if result.stop_reason == "preempted":
+            number = None if guard is None else guard.signal_number
+            # In a multi-process run the signal may have reached another process only.
+            cause = "a stop signal to another process" if number is None else f"signal {number}"
+            print(
+                f"preempted ({cause}) after step {result.step}; saved checkpoint step "
+                f"{result.checkpoint_step}; rerun with --resume to continue"
+            )
+        console.print(summary_table(result))
     print(f"params_sha256: {result.params_sha256}", flush=True)
     if not math.isfinite(result.final_loss):
         return _fail(

@@ -213,6 +213,19 @@ def test_every_env_variable_is_one_the_package_reads() -> None:
     assert token["optional"] is True, "the token Secret is optional"
 
 
+def test_every_pod_serves_metrics_on_the_pod_network() -> None:
+    """The train command reads the monitor's host variable; the Job sets it to 0.0.0.0."""
+    env = _env(_container(_objects()["Job"]))
+    assert monitor.ENV_VARS["host"] == cli.METRICS_HOST_VAR
+    assert monitor.ENV_VARS["token"] == cli.METRICS_TOKEN_VAR
+    assert env[cli.METRICS_HOST_VAR]["value"] == "0.0.0.0"  # noqa: S104
+    assert (cli.COORDINATOR_VAR, cli.NUM_PROCESSES_VAR, cli.PROCESS_ID_VAR) == (
+        distributed.ENV_COORDINATOR_ADDRESS,
+        distributed.ENV_NUM_PROCESSES,
+        distributed.ENV_PROCESS_ID,
+    )
+
+
 def test_container_args_config_and_volumes_fit_together(tmp_path: Path) -> None:
     objects = _objects()
     job, config_map = objects["Job"], objects["ConfigMap"]

@@ -211,6 +211,35 @@ def test_distributed_config_from_arguments_and_environment() -> None:
         parallel.init_distributed("h:1", 2, 0, heartbeat_timeout_s=0)
 
 
+def test_distributed_from_env_decides_single_or_multi_process() -> None:
+    from_env = parallel.distributed_from_env
+    assert from_env({}) is None
+    assert from_env({"SCIRS2_NUM_PROCESSES": "1", "SCIRS2_PROCESS_ID": "7"}) is None
+    full = {"SCIRS2_COORDINATOR_ADDRESS": "h:1", "SCIRS2_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+    assert from_env(full) == parallel.DistributedConfig("h:1", 2, 1)
+    with pytest.raises(ValueError, match="coordinator_address is not set"):
+        from_env({"JAX_NUM_PROCESSES": "2", "SCIRS2_PROCESS_ID": "0"})
+    with pytest.raises(ValueError, match=r"num_processes must be >= 1, got 0 \(from \$SCIRS2"):
+        from_env({"SCIRS2_NUM_PROCESSES": "0"})
+    with pytest.raises(ValueError, match="num_processes must be an integer, got 'x'"):
+        from_env({"SCIRS2_NUM_PROCESSES": "x"})
+
+
+@pytest.mark.parametrize("axis_type", ["explicit", "auto"])
+def test_any_process_is_a_replicated_or_of_the_flags(axis_type: str) -> None:
+    # One process here: the vote is this process's flag, replicated over every device.
+    mesh = parallel.make_data_mesh(4, axis_type=axis_type)
+    for flag in (False, True):
+        vote = parallel.any_process(flag, mesh)
+        assert vote.shape == () and vote.dtype == jnp.bool_
+        assert vote.sharding.is_fully_replicated and len(vote.sharding.device_set) == 4
+        assert bool(parallel.to_host(vote)) is flag
+    grid = jax.make_mesh((2, 2), ("a", "b"), axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+    assert bool(parallel.to_host(parallel.any_process(True, grid)))
+    with pytest.raises(TypeError, match=r"mesh must be a jax\.sharding\.Mesh"):
+        parallel.any_process(True, None)  # type: ignore[arg-type]
+
+
 def test_step_deadline_ends_a_hung_process_with_a_clear_message() -> None:
     code = (
         "import time\n"

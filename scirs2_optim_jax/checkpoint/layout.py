@@ -2,7 +2,8 @@
 
 A checkpoint always stores the canonical layout (DESIGN.md, principle 5): every array at its
 full logical shape, on the host, whatever sharding or padding it had in memory. Plain sharded
-``jax.Array`` leaves need nothing more than a gather, which :func:`to_host` does. States that
+``jax.Array`` leaves need nothing more than a gather, which :func:`to_host` does, across
+processes too. States that
 are laid out differently in memory, such as ZeRO's padded and flattened optimizer shards, pass
 a :class:`Layout`: a pair of functions to and from the canonical tree.
 """
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 
 from scirs2_optim_jax.checkpoint import treespec as ts
+from scirs2_optim_jax.parallel.placement import to_host as gather_to_host
 
 __all__ = ["Layout", "as_layout", "from_host", "opt_state_layout", "to_host"]
 
@@ -101,8 +103,10 @@ def opt_state_layout(
 def to_host(path: str, leaf: Any) -> np.ndarray:
     """Returns a host copy of one leaf at its full logical shape (typed keys as key data).
 
-    A sharded ``jax.Array`` is gathered; the copy is private, so the caller may donate or
-    overwrite the device buffers while an asynchronous save writes it.
+    A sharded ``jax.Array`` is gathered, also from other processes in a multi-process run
+    (so every process must call it, in the same order); a replicated one is read from a
+    local replica. The copy is private, so the caller may donate or overwrite the device
+    buffers while an asynchronous save writes it.
 
     Example:
         >>> import jax.numpy as jnp
@@ -110,13 +114,12 @@ def to_host(path: str, leaf: Any) -> np.ndarray:
         ([1.0, 1.0, 1.0], 'int64')
     """
     if isinstance(leaf, jax.Array):
-        if not leaf.is_fully_addressable:
-            raise ValueError(
-                f"cannot checkpoint the leaf at {path}: it spans several processes; "
-                "multi-host checkpoints are not supported"
-            )
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
+        if not leaf.is_fully_addressable:
+            # A multi-process array: a replica is copied from this process's devices, a
+            # sharded one is gathered from every process (a collective: all of them save).
+            return np.array(gather_to_host(leaf), copy=True)
         return np.array(leaf, copy=True)
     if isinstance(leaf, np.ndarray):
         return np.array(leaf, copy=True)

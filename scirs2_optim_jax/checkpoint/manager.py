@@ -17,6 +17,15 @@ interval and the retention policies. This module adds what a long run needs on t
 One checkpoint is the step directory ``<directory>/<step>/`` with three Orbax items:
 ``state/`` (the arrays, named ``leaf_00000``...), ``meta/meta.json`` (tree description,
 config, metrics) and ``manifest/manifest.json`` (checksums).
+
+In a multi-process run (after ``jax.distributed.initialize``) every process makes the same
+calls on the same directory, which must be storage they all share. Each process gathers the
+canonical state (a sharded array is all-gathered from the processes, a replicated one is read
+from a local replica), so all of them compute the same arrays, checksums and metadata; Orbax
+then has process 0 write them and commit the step, with barriers that keep the others in
+step. A checkpoint written by N processes is therefore byte for byte the one a single process
+writes, and restores on any number of processes and devices. Holding the whole canonical
+state on every host is the price: fine for states that fit in host memory.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from scirs2_optim_jax.checkpoint import integrity
@@ -232,6 +242,9 @@ class CheckpointManager:
     Saves are asynchronous by default: :meth:`save` copies the state to the host, computes
     its checksums, starts the write and returns; the next save, :meth:`wait` or
     :meth:`close` waits for it. A checkpoint appears only once all of it is committed.
+
+    In a multi-process run, every process creates its manager on the same shared directory
+    and makes the same calls (module doc); process 0 writes.
 
     Retention (all optional, combined as "keep if any rule keeps it"; None everywhere keeps
     every checkpoint): the last ``keep_last``, every step that is a multiple of
@@ -500,10 +513,17 @@ class CheckpointManager:
         except CheckpointCorruptError as err:
             stamp = datetime.datetime.now(tz=datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
             target = self.directory / QUARANTINE / f"{step}-{stamp}"
-            target.parent.mkdir(exist_ok=True)
-            shutil.move(str(self.step_path(step)), str(target))
+            if _is_primary():
+                target.parent.mkdir(exist_ok=True)
+                shutil.move(str(self.step_path(step)), str(target))
+                logger.warning(
+                    "step %d failed verification (%s); moved it to %s", step, err, target
+                )
+            if jax.process_count() > 1:
+                # Every process read the same bad files; none may list the step again
+                # before process 0 has moved it.
+                multihost_utils.sync_global_devices(f"scirs2 quarantine step {step}")
             self._mgr.reload()
-            logger.warning("step %d failed verification (%s); moved it to %s", step, err, target)
             return
         raise ValueError(
             f"CheckpointManager.save: step {step} is already committed in {self.directory}; "
@@ -780,8 +800,13 @@ class CheckpointManager:
         self._purge_deleted()
 
     def _purge_deleted(self) -> None:
-        if not self._read_only:
+        if not self._read_only and _is_primary():
             shutil.rmtree(self.directory / DELETED, ignore_errors=True)
+
+
+def _is_primary() -> bool:
+    """Whether this process writes what is written once (process 0, as for Orbax)."""
+    return jax.process_index() == 0
 
 
 _PY_KINDS = (ts.PY_BOOL, ts.PY_INT, ts.PY_FLOAT)

@@ -17,6 +17,8 @@ from scirs2_optim_jax.parallel.data_parallel import (
 )
 from scirs2_optim_jax.parallel.distributed import (
     DistributedConfig,
+    any_process,
+    distributed_from_env,
     init_distributed,
     resolve_distributed_config,
     step_deadline,
@@ -45,10 +47,12 @@ __all__ = [
     "DeviceSummary",
     "DistributedConfig",
     "ShardReductionError",
+    "any_process",
     "check_shard_reductions",
     "collective_bytes",
     "constrain",
     "device_summary",
+    "distributed_from_env",
     "expected_collective_bytes",
     "gather_updates",
     "hlo_collectives",

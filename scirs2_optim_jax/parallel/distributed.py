@@ -21,12 +21,17 @@ stops sending heartbeats (``heartbeat_timeout_s``) and terminates the others wit
 a collective whose peer died usually fails at once when the TCP connection drops. For the
 cases neither catches, :func:`step_deadline` is a watchdog that ends the process with a
 clear message and a non-zero exit code if a block (a training step) overruns.
+
+Host-side decisions that change what the processes run next (stop now, save this step) must
+be taken by all of them together: :func:`any_process` turns one flag per process into a value
+every process reads the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 import threading
@@ -34,6 +39,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "DEADLINE_EXIT_CODE",
@@ -41,6 +49,8 @@ __all__ = [
     "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID",
     "DistributedConfig",
+    "any_process",
+    "distributed_from_env",
     "init_distributed",
     "resolve_distributed_config",
     "step_deadline",
@@ -151,6 +161,44 @@ def resolve_distributed_config(
     return DistributedConfig(address, count, index)
 
 
+def distributed_from_env(environ: Mapping[str, str] | None = None) -> DistributedConfig | None:
+    """The multi-process settings in the environment, or None for a single-process run.
+
+    A run is multi-process when ``SCIRS2_NUM_PROCESSES`` (or ``JAX_NUM_PROCESSES``) is set to
+    more than 1; then the coordinator address and the process id must be set too. A launcher
+    or a command that runs either way (``scirs2-optim train``) calls this to decide whether to
+    call :func:`init_distributed`.
+
+    Args:
+        environ: the environment to read (default ``os.environ``).
+
+    Returns:
+        None when the process count is unset or 1, else the :class:`DistributedConfig`.
+
+    Raises:
+        ValueError: naming the missing or invalid variable.
+
+    Example:
+        >>> distributed_from_env({}) is None, distributed_from_env({"SCIRS2_NUM_PROCESSES": "1"})
+        (True, None)
+        >>> distributed_from_env({"SCIRS2_NUM_PROCESSES": "2", "SCIRS2_PROCESS_ID": "1",
+        ...                       "SCIRS2_COORDINATOR_ADDRESS": "10.0.0.1:1234"}).process_id
+        1
+    """
+    env = os.environ if environ is None else environ
+    count, source = _from_env(env, ENV_NUM_PROCESSES)
+    if count is None:
+        return None
+    number = _as_int("init_distributed", "num_processes", count, f"${source}")
+    if number < 1:
+        raise ValueError(
+            f"init_distributed: num_processes must be >= 1, got {number} (from ${source})"
+        )
+    if number == 1:
+        return None
+    return resolve_distributed_config(environ=env)
+
+
 def init_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
@@ -219,6 +267,51 @@ def init_distributed(
             f"{config.num_processes} at {config.coordinator_address}: {err}"
         ) from err
     return config
+
+
+# Bounded: one entry per mesh that votes (a run has one), each holding 4 bytes per device.
+@functools.lru_cache(maxsize=8)
+def _any_fn(mesh: Mesh) -> Any:
+    return jax.jit(
+        lambda votes: jnp.max(votes) > 0, out_shardings=NamedSharding(mesh, PartitionSpec())
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _votes(mesh: Mesh, vote: bool) -> jax.Array:
+    """This process's vote on each of its devices; built once, so a vote costs one dispatch."""
+    shape = mesh.devices.shape
+    return jax.make_array_from_callback(
+        shape,
+        NamedSharding(mesh, PartitionSpec(*mesh.axis_names)),
+        lambda index: np.full(np.empty(shape, np.bool_)[index].shape, np.int32(vote)),
+    )
+
+
+def any_process(flag: bool, mesh: Mesh) -> jax.Array:
+    """Whether ``flag`` is True in any process: a replicated boolean, computed on ``mesh``.
+
+    Each process contributes its own ``flag`` (say, "a stop signal arrived here") and every
+    process gets the same answer, so they can act on it at the same step. It is a collective:
+    every process must call it at the same point of its program, with the same mesh. The
+    result is dispatched asynchronously; read it (``bool(to_host(result))``) a step later to
+    keep the host from waiting on it.
+
+    Args:
+        flag: this process's vote.
+        mesh: a mesh spanning the processes that vote (every process must own a device).
+
+    Returns:
+        A 0-d boolean ``jax.Array``, replicated over ``mesh``.
+
+    Example:
+        >>> from scirs2_optim_jax.parallel import make_data_mesh, to_host
+        >>> bool(to_host(any_process(True, make_data_mesh())))
+        True
+    """
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"any_process: mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    return _any_fn(mesh)(_votes(mesh, bool(flag)))
 
 
 @contextlib.contextmanager

@@ -5,7 +5,12 @@ Everything here is a re-export; the implementations live in topical modules: ``d
 devices), ``report`` (progress bar and summary table), ``remat`` (gradient checkpointing).
 """
 
-from scirs2_optim_jax.training.data import DigitsSplit, iterate_batches, load_digits_split
+from scirs2_optim_jax.training.data import (
+    DigitsSplit,
+    iterate_batch_indices,
+    iterate_batches,
+    load_digits_split,
+)
 from scirs2_optim_jax.training.devices import DEVICE_COUNT_FLAG, request_cpu_devices
 from scirs2_optim_jax.training.errors import RunSetupError
 from scirs2_optim_jax.training.loop import (
@@ -57,6 +62,7 @@ __all__ = [
     "check_train_args",
     "create_stack",
     "default_learning_rate",
+    "iterate_batch_indices",
     "iterate_batches",
     "load_digits_split",
     "make_optimizer",

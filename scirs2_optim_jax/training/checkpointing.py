@@ -7,8 +7,8 @@ parameters, the optimizer state as ``tx.init`` lays it out (a ZeRO state is gath
 unpadded first), and the data position (how many batches the run has consumed). The run's
 :class:`~scirs2_optim_jax.training.TrainSpec` goes into the checkpoint's config, and a resume
 is refused unless the spec is the same, because another optimizer, schedule length, batch
-size or seed would silently train a different model. The device count and the ZeRO stage may
-change between save and resume.
+size or seed would silently train a different model. The device count, the number of
+processes and the ZeRO stage may change between save and resume.
 """
 
 from __future__ import annotations

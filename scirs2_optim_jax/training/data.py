@@ -20,6 +20,7 @@ __all__ = [
     "NUM_FEATURES",
     "NUM_SAMPLES",
     "DigitsSplit",
+    "iterate_batch_indices",
     "iterate_batches",
     "load_digits_split",
 ]
@@ -109,6 +110,45 @@ def load_digits_split(seed: int = 0, test_size: int = DEFAULT_TEST_SIZE) -> Digi
     )
 
 
+def iterate_batch_indices(
+    num_samples: int, batch_size: int, seed: int = 0, *, start: int = 0
+) -> Iterator[np.ndarray]:
+    """Yields the sample indices of each batch forever, reshuffling at every epoch start.
+
+    The index sequence behind :func:`iterate_batches`: batch ``k`` is the ``k``-th
+    ``batch_size`` slice of its epoch's permutation (the remainder of an epoch is dropped).
+    A multi-process run draws it in every process, which is cheap, and each process then
+    reads only the rows its own devices hold, so the global batch is the one a single
+    process would build.
+
+    Args:
+        num_samples: the size of the data set, an integer >= 1.
+        batch_size: indices per batch, between 1 and ``num_samples``.
+        seed: seeds the ``numpy`` Generator that draws each epoch's permutation.
+        start: how many batches of the sequence to skip, an integer >= 0.
+
+    Returns:
+        An endless iterator of int64 arrays of length ``batch_size``.
+
+    Example:
+        >>> batches = iterate_batch_indices(10, 4, seed=0)
+        >>> first = next(batches)
+        >>> len(first), len(set(first.tolist())), bool((first < 10).all())
+        (4, 4, True)
+    """
+    fn = "iterate_batch_indices"
+    n = _check_int(fn, "num_samples", num_samples, 1)
+    _check_int(fn, "batch_size", batch_size, 1)
+    if batch_size > n:
+        raise ValueError(
+            f"{fn}: batch_size must be an integer <= {n} (the number of samples), "
+            f"got {batch_size!r}"
+        )
+    _check_int(fn, "start", start, 0)
+    # Validated above, before the first batch is asked for; the generator only draws.
+    return _indices(n, batch_size, np.random.default_rng(seed), start)
+
+
 def iterate_batches(
     x: np.ndarray, y: np.ndarray, batch_size: int, seed: int = 0, *, start: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -116,8 +156,9 @@ def iterate_batches(
 
     Every batch has exactly ``batch_size`` rows (the remainder of an epoch is dropped), so a
     jitted step sees one shape and compiles once. The sequence is a function of ``seed``
-    alone; ``start`` skips its first batches without building them, so a run resumed after
-    ``start`` steps sees exactly the batches the uninterrupted run would have seen.
+    alone (the rows :func:`iterate_batch_indices` picks); ``start`` skips its first batches
+    without building them, so a run resumed after ``start`` steps sees exactly the batches
+    the uninterrupted run would have seen.
 
     Args:
         x, y: the samples and labels, the same length along axis 0.
@@ -151,14 +192,11 @@ def iterate_batches(
             f"got {batch_size!r}"
         )
     _check_int("iterate_batches", "start", start, 0)
-    # Validated above, before the first batch is asked for; the generator only draws.
-    return _batches(x, y, batch_size, np.random.default_rng(seed), start)
+    indices = _indices(n, batch_size, np.random.default_rng(seed), start)
+    return ((x[idx], y[idx]) for idx in indices)
 
 
-def _batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator, skip: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    n = len(x)
+def _indices(n: int, batch_size: int, rng: np.random.Generator, skip: int) -> Iterator[np.ndarray]:
     per_epoch = n // batch_size
     skip_epochs, first = divmod(skip, per_epoch)
     # Skipped epochs still draw their permutation: the Generator's state must advance
@@ -168,6 +206,5 @@ def _batches(
     while True:
         perm = rng.permutation(n)
         for index in range(first, per_epoch):
-            idx = perm[index * batch_size : (index + 1) * batch_size]
-            yield x[idx], y[idx]
+            yield perm[index * batch_size : (index + 1) * batch_size]
         first = 0

@@ -20,6 +20,15 @@ agree closely but not bit for bit (measured over 30 steps of the default AdamW: 
 2.1e-6 apart on parameters of size ~0.1, the same final loss and test accuracy), and their
 ``params_sha256`` differ. Two runs with the same spec, device count and ZeRO stage have the
 same hash, and so does a run stopped and resumed on the same layout.
+
+Multi-process: after ``jax.distributed.initialize`` (``scirs2-optim train`` calls
+:func:`~scirs2_optim_jax.parallel.init_distributed` when ``SCIRS2_NUM_PROCESSES`` > 1), every
+process calls :func:`train_digits` with the same arguments. The mesh then takes the same
+number of devices from every process; each process draws the same batch indices and reads
+only the rows of its own devices, so the global batch, and therefore the run, is the one a
+single process with as many devices would train (up to the order of the cross-device sums).
+The processes agree on a stop request before acting on it, and save checkpoints together
+(:class:`~scirs2_optim_jax.checkpoint.CheckpointManager`).
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from scirs2_optim_jax.training.data import (
     NUM_CLASSES,
     NUM_FEATURES,
     NUM_SAMPLES,
-    iterate_batches,
+    iterate_batch_indices,
     load_digits_split,
 )
 from scirs2_optim_jax.training.errors import RunSetupError
@@ -616,16 +625,58 @@ def _check_run_options(
 
 
 def _mesh(devices: int | None) -> jax.sharding.Mesh:
+    """The ``data`` mesh: the first ``devices`` devices, the same share of every process's."""
     available = jax.devices()
     wanted = len(available) if devices is None else devices
+    processes = jax.process_count()
     if wanted > len(available):
+        per_process = "" if processes == 1 else f" ({wanted // processes} per process)"
         raise RunSetupError(
             f"train_digits: devices must be at most {len(available)}, the "
             f"{available[0].platform} devices JAX's backend started with; got {wanted}. "
             "For fake CPU devices set XLA_FLAGS=--xla_force_host_platform_device_count="
-            f"{wanted} before JAX starts (scirs2-optim train --devices does this), or use fewer"
+            f"{wanted // processes}{per_process} before JAX starts (scirs2-optim train "
+            "--devices does this), or use fewer"
         )
-    return parallel.make_data_mesh(wanted, axis_name=_AXIS)
+    if processes == 1:
+        return parallel.make_data_mesh(wanted, axis_name=_AXIS)
+    # Every process must own devices on the mesh (it feeds them its rows of the batch), and
+    # equal shares keep the processes' work equal.
+    if wanted % processes:
+        raise RunSetupError(
+            f"train_digits: devices ({wanted}) must be a multiple of the {processes} "
+            "processes, so that every process holds the same share of the mesh"
+        )
+    share = wanted // processes
+    pool: list[jax.Device] = []
+    for index in range(processes):
+        own = [d for d in available if d.process_index == index]
+        if len(own) < share:
+            raise RunSetupError(
+                f"train_digits: devices ({wanted}) needs {share} devices in each of the "
+                f"{processes} processes, but process {index} has {len(own)}"
+            )
+        pool.extend(own[:share])
+    return parallel.make_data_mesh(wanted, axis_name=_AXIS, devices=pool)
+
+
+def _global_batch(
+    data: Any, rows: np.ndarray, sharding: jax.sharding.NamedSharding
+) -> dict[str, jax.Array]:
+    """The batch of samples ``rows`` as global arrays split over the ``data`` axis.
+
+    Each process reads only the rows of its own devices' slices (the callback runs for
+    addressable devices only), so in a multi-process run every process builds its part of
+    the same global batch.
+    """
+
+    def place(values: np.ndarray) -> jax.Array:
+        shape = (len(rows), *values.shape[1:])
+        return jax.make_array_from_callback(
+            shape, sharding, lambda index: values[rows[index[0]]][(slice(None), *index[1:])]
+        )
+
+    return {"x": place(data.x_train), "y": place(data.y_train)}
 
 
 def train_digits(
@@ -673,7 +724,8 @@ def train_digits(
         on_log: receives a :class:`TrainLog`; None disables progress reports.
         schedule: one of :data:`SCHEDULES`.
         devices: devices on the ``data`` mesh axis (the first ``devices`` of
-            ``jax.devices()``); None: all of them.
+            ``jax.devices()``; in a multi-process run the first ``devices / processes`` of
+            every process's, so it must be a multiple of the process count); None: all.
         zero_stage: 0 (replicated optimizer state), 1 (state sharded over ``data``) or 2
             (state and gradients sharded).
         hyperparameters: further keyword arguments of the optimizer alias.
@@ -682,7 +734,8 @@ def train_digits(
         data_seed: seeds the train/test split; fixed by default so runs with different seeds
             are scored on the same test set.
         checkpoint_dir: save checkpoints here (:class:`~scirs2_optim_jax.checkpoint.
-            CheckpointManager`); None: no checkpoints.
+            CheckpointManager`); None: no checkpoints. In a multi-process run, the same
+            directory on storage every process shares.
         save_every: save every this many steps (and at the end, and when stopped).
         keep_checkpoints: how many of the newest checkpoints to keep.
         async_save: write checkpoints in the background.
@@ -693,7 +746,8 @@ def train_digits(
         stop_requested: polled after every step; when it returns True the run saves a
             checkpoint and returns (``stop_reason="preempted"``), e.g.
             ``lambda: guard.requested`` of a :class:`~scirs2_optim_jax.checkpoint.
-            PreemptionGuard`.
+            PreemptionGuard`. In a multi-process run a request in any process stops all of
+            them, one step later, at the same step.
         monitor: a started :class:`~scirs2_optim_jax.monitor.RunMonitor` that receives each
             step's ``loss``, ``grad_norm`` and ``learning_rate``; None: no monitoring.
 
@@ -783,7 +837,10 @@ def train_digits(
         end = steps if stop_at is None else stop_at
         # One call computes every step's learning rate, for reports and the monitor.
         lrs = np.asarray(lr_schedule(jnp.arange(steps, dtype=jnp.int32)), dtype=np.float64)
-        batches = iterate_batches(data.x_train, data.y_train, batch_size, seed=seed, start=start)
+        batches = iterate_batch_indices(len(data.x_train), batch_size, seed=seed, start=start)
+        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(_AXIS))
+        several_processes = jax.process_count() > 1
+        stop_vote: jax.Array | None = None
 
         train_start = time.perf_counter()
         compile_seconds = 0.0
@@ -793,8 +850,8 @@ def train_digits(
         stop_reason: StopReason = "completed" if end == steps else "stopped"
         step = start
         for step in range(start + 1, end + 1):
-            x, y = next(batches)
-            params, opt_state, metrics = step_fn(params, opt_state, {"x": x, "y": y})
+            batch = _global_batch(data, next(batches), batch_sharding)
+            params, opt_state, metrics = step_fn(params, opt_state, batch)
             if step == start + 1:
                 metrics["loss"].block_until_ready()
                 first_done = time.perf_counter()
@@ -809,7 +866,15 @@ def train_digits(
                         "learning_rate": np.float32(lrs[step - 1]),
                     },
                 )
-            preempted = stop_requested is not None and stop_requested()
+            requested = stop_requested is not None and bool(stop_requested())
+            if several_processes:
+                # All processes must stop after the same step (the next step's collectives
+                # would wait forever for one that left). They vote every step and act on the
+                # previous step's vote, so the host never waits for the step it just queued.
+                previous, stop_vote = stop_vote, parallel.any_process(requested, mesh)
+                preempted = previous is not None and bool(parallel.to_host(previous))
+            else:
+                preempted = requested
             if checkpoints is not None:
                 checkpoints.save(step, params, opt_state, metrics["loss"], force=preempted)
             if on_log is not None:
