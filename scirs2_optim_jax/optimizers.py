@@ -21,6 +21,7 @@ from scirs2_optim_jax.transforms.adaptive import (
     scale_by_rss,
     scale_by_stddev,
 )
+from scirs2_optim_jax.transforms.fused import fused_adam_family
 from scirs2_optim_jax.transforms.learning_rate import scale_by_learning_rate
 from scirs2_optim_jax.transforms.masking import Mask
 from scirs2_optim_jax.transforms.momentum import scale_by_lion, trace
@@ -36,6 +37,42 @@ __all__ = ["adagrad", "adam", "adamw", "lamb", "lars", "lion", "radam", "rmsprop
 Schedule = Any  # float, jax scalar, or callable count -> value
 
 
+def _maybe_fused(
+    name: str,
+    parts: tuple[optax.GradientTransformation, ...],
+    kind: str,
+    fused: bool | None,
+    unsupported: str | None,
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    eps_root: Any,
+    weight_decay: Any = 0.0,
+    mask: Mask = None,
+) -> optax.GradientTransformationExtraArgs:
+    """The chain of ``parts``, with the fused CPU path unless ``fused`` is False or an option
+    the kernel lacks (``unsupported``) is set."""
+    if fused is not None and not isinstance(fused, bool):
+        raise TypeError(f"{name}: fused must be True, False or None, got {fused!r}")
+    if fused is False or (unsupported and fused is None):
+        return optax.chain(*parts)
+    if unsupported:
+        raise ValueError(f"{name}: fused=True does not support {unsupported}; pass fused=None")
+    return fused_adam_family(
+        name,
+        parts,
+        kind=kind,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        weight_decay=weight_decay,
+        mask=mask,
+        fused=fused,
+        with_weight_decay=len(parts) > 2,
+    )
+
+
 def adam(
     learning_rate: Schedule,
     b1: float = 0.9,
@@ -46,6 +83,7 @@ def adam(
     *,
     nesterov: bool = False,
     nu_dtype: Any = None,
+    fused: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Adam: ``scale_by_adam`` then the learning rate.
 
@@ -53,6 +91,8 @@ def adam(
         learning_rate: a finite number >= 0 or a schedule.
         b1, b2, eps, eps_root, mu_dtype, nesterov: see :func:`scale_by_adam`.
         nu_dtype: dtype of the second moment (keyword-only; optax has none).
+        fused: the one-pass CPU kernel (keyword-only): None uses it where it applies, True
+            requires it, False never uses it. See :mod:`scirs2_optim_jax.transforms.fused`.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``.
@@ -72,10 +112,12 @@ def adam(
     Reference: Kingma and Ba, "Adam: A Method for Stochastic Optimization", 2014.
     """
     with v.reraise_with_context("adam"):
-        return optax.chain(
+        parts = (
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
             scale_by_learning_rate(learning_rate),
         )
+        unsupported = "nesterov=True" if nesterov else None
+        return _maybe_fused("adam", parts, "adam", fused, unsupported, b1, b2, eps, eps_root)
 
 
 def adamw(
@@ -90,6 +132,7 @@ def adamw(
     *,
     nesterov: bool = False,
     nu_dtype: Any = None,
+    fused: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """AdamW: Adam with decoupled weight decay, ``scale_by_adam -> add_decayed_weights ->
     scale_by_learning_rate``.
@@ -101,6 +144,8 @@ def adamw(
             so the parameter shrinks by ``learning_rate * weight_decay`` per step.
         mask: which leaves decay (None: all); a pytree of bools or a callable.
         nu_dtype: dtype of the second moment (keyword-only; optax has none).
+        fused: the one-pass CPU kernel (keyword-only): None uses it where it applies, True
+            requires it, False never uses it. See :mod:`scirs2_optim_jax.transforms.fused`.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``.
@@ -117,10 +162,14 @@ def adamw(
     Reference: Loshchilov and Hutter, "Decoupled Weight Decay Regularization", 2019.
     """
     with v.reraise_with_context("adamw"):
-        return optax.chain(
+        parts = (
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
             add_decayed_weights(weight_decay, mask),
             scale_by_learning_rate(learning_rate),
+        )
+        unsupported = "nesterov=True" if nesterov else None
+        return _maybe_fused(
+            "adamw", parts, "adam", fused, unsupported, b1, b2, eps, eps_root, weight_decay, mask
         )
 
 
@@ -136,6 +185,7 @@ def lamb(
     mu_dtype: Any = None,
     nu_dtype: Any = None,
     axis_name: AxisName = None,
+    fused: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """LAMB: the AdamW direction rescaled per leaf by ``||param|| / ||direction||``.
 
@@ -147,6 +197,8 @@ def lamb(
         mu_dtype, nu_dtype: moment dtypes (keyword-only).
         axis_name: mesh axis over which leaves are sharded, so the trust ratios use the
             norms of whole leaves (keyword-only).
+        fused: the one-pass CPU kernel (keyword-only): None uses it where it applies, True
+            requires it, False never uses it. See :mod:`scirs2_optim_jax.transforms.fused`.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``.
@@ -163,11 +215,16 @@ def lamb(
     76 minutes", 2020.
     """
     with v.reraise_with_context("lamb"):
-        return optax.chain(
+        parts = (
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype),
             add_decayed_weights(weight_decay, mask),
             scale_by_trust_ratio(axis_name=axis_name),
             scale_by_learning_rate(learning_rate),
+        )
+        # Per-shard trust ratios need a cross-device sum the kernel does not do.
+        unsupported = "axis_name" if axis_name is not None else None
+        return _maybe_fused(
+            "lamb", parts, "lamb", fused, unsupported, b1, b2, eps, eps_root, weight_decay, mask
         )
 
 

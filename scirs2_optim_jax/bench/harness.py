@@ -1,7 +1,10 @@
 """Side-by-side timing: our step, optax's step and the memory-bandwidth bound, in one run.
 
 For each config the harness builds the same parameter tree for both optimizers, jits one
-training step each (``update`` + ``apply_updates``, parameters and optimizer state donated),
+training step each (``update`` + ``apply_updates``, parameters and optimizer state donated;
+ours goes through :func:`~scirs2_optim_jax.transforms.fused.apply_gradients`, which is that
+same step done in one pass where the optimizer has a fused kernel, and the plain protocol
+path is then timed too, as ``protocol_ms``),
 measures compile time separately, then times the median of ``repeats`` steps after a warm-up
 with ``block_until_ready``. Next to them it times a donated, jitted streaming kernel over an
 array as large as the step's working set (parameters, gradients and two moments), which
@@ -25,6 +28,7 @@ import numpy as np
 import optax
 
 from scirs2_optim_jax.bench.configs import CONFIGS, BenchConfig
+from scirs2_optim_jax.transforms.fused import apply_gradients
 
 __all__ = ["BenchResult", "measure_bandwidth", "run_config", "run_configs"]
 
@@ -44,6 +48,8 @@ class BenchResult:
     ours_compile_s: float
     optax_compile_s: float
     torch_ms: float | None = None
+    # ours through tx.update + optax.apply_updates, when that differs from ours_ms's path
+    protocol_ms: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -69,7 +75,10 @@ def _timed_compile(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
 
 
 def _train_step(
-    tx: optax.GradientTransformation, master_weights: bool, standard_promotion: bool
+    tx: optax.GradientTransformation,
+    master_weights: bool,
+    standard_promotion: bool,
+    fused_apply: bool = False,
 ) -> Callable[[Any, Any], Any]:
     """``carry, grads -> carry``; the carry (donated) holds params and optimizer state.
 
@@ -86,6 +95,8 @@ def _train_step(
             params = jax.tree.map(lambda m, g: m.astype(g.dtype), master, grads)
             return params, master, state
         params, state = carry
+        if fused_apply:
+            return apply_gradients(tx, grads, state, params)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
@@ -166,7 +177,8 @@ def run_config(config: BenchConfig, repeats: int = 7, torch: bool = True) -> Ben
     ours_tx, optax_tx = config.ours(), config.reference()
     # Ours keeps fp32 master weights inside its state (precision.with_master_weights); optax
     # has no such wrapper, so its step keeps the master copy itself.
-    ours_step = _train_step(ours_tx, False, standard_promotion=False)
+    ours_step = _train_step(ours_tx, False, standard_promotion=False, fused_apply=True)
+    has_fused_apply = hasattr(ours_tx.update, "apply")
     optax_step = _train_step(optax_tx, config.master_weights, standard_promotion=True)
     ours_carry = _initial_carry(ours_tx, params, False)
     optax_carry = _initial_carry(optax_tx, params, config.master_weights)
@@ -185,7 +197,21 @@ def run_config(config: BenchConfig, repeats: int = 7, torch: bool = True) -> Ben
         start = time.perf_counter()
         optax_carry = jax.block_until_ready(optax_fn(optax_carry, grads))
         optax_times.append(time.perf_counter() - start)
-    del ours_carry, optax_carry
+    del optax_carry
+    protocol_ms = None
+    if has_fused_apply:
+        # The same optimizer through the optax protocol (what nnx.Optimizer and TrainState
+        # call): one more pass, to add the updates to the parameters.
+        protocol_step = _train_step(ours_tx, False, standard_promotion=False)
+        protocol_fn, _ = _timed_compile(protocol_step, ours_carry, grads)
+        ours_carry = jax.block_until_ready(protocol_fn(ours_carry, grads))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            ours_carry = jax.block_until_ready(protocol_fn(ours_carry, grads))
+            times.append(time.perf_counter() - start)
+        protocol_ms = statistics.median(times) * 1e3
+    del ours_carry
 
     # The working set the step streams: params, grads and two fp32 moments.
     bandwidth = measure_bandwidth(4 * num_params, repeats)
@@ -205,6 +231,7 @@ def run_config(config: BenchConfig, repeats: int = 7, torch: bool = True) -> Ben
         ours_compile_s=ours_compile,
         optax_compile_s=optax_compile,
         torch_ms=torch_ms,
+        protocol_ms=protocol_ms,
     )
 
 

@@ -14,7 +14,7 @@ __all__ = ["HEADER", "format_row", "machine_info", "to_json"]
 HEADER = (
     f"{'config':<7}{'leaves':>7}{'ours ms':>10}{'optax ms':>10}{'speed-up':>10}"
     f"{'bound ms':>10}{'effic.':>8}{'GB/s':>7}{'comp s ours':>12}{'comp s optax':>13}"
-    f"{'torch ms':>10}"
+    f"{'torch ms':>10}{'protocol ms':>12}"
 )
 
 
@@ -27,11 +27,12 @@ def format_row(result: BenchResult) -> str:
         ['a', '2', '2.00', '3.00', '1.50x']
     """
     torch_ms = "-" if result.torch_ms is None else f"{result.torch_ms:.2f}"
+    protocol_ms = "-" if result.protocol_ms is None else f"{result.protocol_ms:.2f}"
     return (
         f"{result.config:<7}{result.num_leaves:>7}{result.ours_ms:>10.2f}{result.optax_ms:>10.2f}"
         f"{result.speedup:>9.2f}x{result.bound_ms:>10.2f}{result.efficiency:>8.0%}"
         f"{result.bandwidth_gbps:>7.1f}{result.ours_compile_s:>12.2f}"
-        f"{result.optax_compile_s:>13.2f}{torch_ms:>10}"
+        f"{result.optax_compile_s:>13.2f}{torch_ms:>10}{protocol_ms:>12}"
     )
 
 

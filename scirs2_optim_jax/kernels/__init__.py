@@ -1,0 +1,27 @@
+"""Fused CPU kernels for the optimizer step (Adam/AdamW and LAMB in one pass).
+
+See :mod:`scirs2_optim_jax.kernels.build` for how they are built and
+:mod:`scirs2_optim_jax.transforms.fused` for the transformations that use them.
+"""
+
+from scirs2_optim_jax.kernels.build import (
+    ENV_CACHE_DIR,
+    ENV_DISABLE,
+    KernelLibrary,
+    kernel_cache_dir,
+    kernels_available,
+    load_kernels,
+)
+from scirs2_optim_jax.kernels.ops import GROUP_SIZE, fused_step, hyper_vector
+
+__all__ = [
+    "ENV_CACHE_DIR",
+    "ENV_DISABLE",
+    "GROUP_SIZE",
+    "KernelLibrary",
+    "fused_step",
+    "hyper_vector",
+    "kernel_cache_dir",
+    "kernels_available",
+    "load_kernels",
+]

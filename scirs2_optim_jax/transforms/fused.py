@@ -1,0 +1,220 @@
+"""Adam, AdamW and LAMB as one-pass fused steps on CPU, same state and results as the chains.
+
+On XLA:CPU the chained transforms compile to several loops per leaf (AdamW: three, moving 40
+bytes per parameter where 28 would do). :func:`fused_adam_family` returns a transformation
+with exactly the state of the corresponding chain (``adam``, ``adamw`` or ``lamb``), whose
+``update`` runs the moments, bias correction, weight decay, trust ratio and learning rate in
+one kernel (:mod:`scirs2_optim_jax.kernels`). Its ``update`` also carries an ``apply``
+method that writes the new parameters in the same pass; :func:`apply_gradients` uses it when
+present and falls back to ``update`` + ``optax.apply_updates`` otherwise.
+
+The kernel runs when every parameter, gradient and moment is float32 and, with
+``fused=None`` (the default), when JAX's default backend is the CPU with a single device and
+the kernels built on this machine. Otherwise the chain itself runs, so results never depend
+on which path was taken beyond float rounding (the parity tests hold them to rtol 1e-6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from scirs2_optim_jax import validation as v
+from scirs2_optim_jax.kernels import fused_step, hyper_vector, load_kernels
+from scirs2_optim_jax.transforms.adaptive import ScaleByAdamState
+from scirs2_optim_jax.transforms.masking import Mask, mask_leaves
+from scirs2_optim_jax.transforms.moments import bias_correction, safe_increment
+from scirs2_optim_jax.transforms.weight_decay import add_decayed_weights
+
+__all__ = ["FusedUpdate", "apply_gradients", "fused_adam_family"]
+
+
+class FusedUpdate:
+    """An optax ``update`` function that can also apply the step to the parameters itself.
+
+    Calling it is the optax protocol: ``updates, state = update(grads, state, params)``.
+    ``apply(grads, state, params)`` returns ``(new_params, new_state)`` in one pass, equal to
+    ``optax.apply_updates(params, updates)`` with the same state.
+    """
+
+    def __init__(
+        self,
+        update: Callable[..., tuple[Any, Any]],
+        apply: Callable[[Any, Any, Any], tuple[Any, Any]],
+    ) -> None:
+        self._update = update
+        self.apply = apply
+
+    def __call__(
+        self, updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra: Any
+    ) -> tuple[optax.Updates, Any]:
+        del extra  # accepted and ignored, like optax's transformations without extra args
+        return self._update(updates, state, params)
+
+
+def apply_gradients(
+    tx: optax.GradientTransformation, grads: Any, state: Any, params: Any
+) -> tuple[Any, Any]:
+    """``(new_params, new_state)``: the fused one-pass step when ``tx`` has one, else
+    ``tx.update`` followed by ``optax.apply_updates``.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> tx = optax.sgd(0.5)
+        >>> params, state = apply_gradients(tx, {"w": jnp.ones(2)}, tx.init({}), {"w": jnp.ones(2)})
+        >>> params["w"].tolist()
+        [0.5, 0.5]
+    """
+    apply = getattr(tx.update, "apply", None)
+    if apply is not None:
+        return apply(grads, state, params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+
+def _leaves_are_float32(*trees: Any) -> bool:
+    return all(
+        getattr(leaf, "dtype", None) == jnp.float32
+        for tree in trees
+        for leaf in jax.tree.leaves(tree)
+    )
+
+
+def fused_adam_family(
+    name: str,
+    parts: Sequence[optax.GradientTransformation],
+    *,
+    kind: str,
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    eps_root: Any,
+    weight_decay: Any,
+    mask: Mask,
+    fused: bool | None,
+    with_weight_decay: bool,
+) -> optax.GradientTransformationExtraArgs:
+    """The chain of ``parts`` (``scale_by_adam``, [``add_decayed_weights``],
+    [``scale_by_trust_ratio``], ``scale_by_learning_rate``) with a fused kernel path.
+
+    Args:
+        name: the alias, for error messages (``"adamw"``).
+        parts: the transformations of the chain, whose states this one keeps unchanged.
+        kind: ``"adam"`` or ``"lamb"``.
+        b1, b2, eps, eps_root: as given to ``scale_by_adam``.
+        weight_decay: as given to ``add_decayed_weights`` (0 for ``adam``).
+        mask: which leaves decay, as given to ``add_decayed_weights``.
+        fused: True to require the kernel, None to use it where it applies (see the module).
+        with_weight_decay: whether ``parts[1]`` is ``add_decayed_weights`` (not in ``adam``).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose ``update`` is a
+        :class:`FusedUpdate`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from scirs2_optim_jax import optimizers
+        >>> tx = optimizers.adamw(0.1, fused=None)
+        >>> params = {"w": jnp.ones(3)}
+        >>> new_params, _ = apply_gradients(tx, {"w": jnp.ones(3)}, tx.init(params), params)
+        >>> [round(float(x), 4) for x in new_params["w"]]
+        [0.9, 0.9, 0.9]
+    """
+    chain = optax.chain(*parts)
+    # The decay rate and the learning rate (with its sign) come from the same transformations
+    # the chain uses, run on a scalar, so schedules and injected values behave identically.
+    rate_tx = add_decayed_weights(weight_decay) if with_weight_decay else None
+    lr_tx = parts[-1]
+    decays_at_all = not (isinstance(weight_decay, (int, float)) and weight_decay == 0)
+
+    def use_kernel(params: Any, grads: Any, adam_state: ScaleByAdamState) -> bool:
+        if fused is False or params is None:
+            return False
+        if not _leaves_are_float32(params, grads, adam_state.mu, adam_state.nu):
+            if fused:
+                raise ValueError(
+                    f"{name}: fused=True needs float32 params, grads and moments; "
+                    "pass fused=None to fall back where they are not"
+                )
+            return False
+        if fused is None and (jax.default_backend() != "cpu" or jax.device_count() != 1):
+            return False
+        if fused and jax.default_backend() != "cpu":
+            raise ValueError(
+                f"{name}: fused=True runs on the CPU backend only, "
+                f"got {jax.default_backend()!r}; pass fused=None"
+            )
+        if load_kernels() is None:
+            if fused:
+                raise RuntimeError(
+                    f"{name}: fused=True but the CPU kernels are not available; see the log"
+                )
+            return False
+        return True
+
+    def step(grads: Any, state: tuple[Any, ...], params: Any, apply: bool) -> tuple[Any, Any]:
+        adam_state = state[0]
+        v.check_tree_matches(name, grads, params, ref_name="params")
+        v.check_tree_matches(name, grads, adam_state.mu)
+        leaves, treedef = jax.tree.flatten(grads)
+        param_leaves = treedef.flatten_up_to(params)
+        count = safe_increment(adam_state.count)
+        new_state = list(state)
+        if rate_tx is not None:
+            rate, new_state[1] = rate_tx.update(jnp.zeros([], jnp.float32), state[1], jnp.ones([]))
+        else:
+            rate = jnp.zeros([], jnp.float32)
+        neg_lr, new_state[-1] = lr_tx.update(jnp.ones([], jnp.float32), state[-1])
+        hyper = hyper_vector(
+            neg_lr,
+            b1,
+            b2,
+            eps,
+            eps_root,
+            rate,
+            bias_correction(b1, count),
+            bias_correction(b2, count),
+        )
+        decays = mask_leaves(mask, params, grads) if decays_at_all and rate_tx else None
+        mu = treedef.flatten_up_to(adam_state.mu)
+        nu = treedef.flatten_up_to(adam_state.nu)
+        outs: list[Any] = [None] * len(leaves)
+        new_mu: list[Any] = [None] * len(leaves)
+        new_nu: list[Any] = [None] * len(leaves)
+        for decay in (True, False):
+            chosen = [i for i in range(len(leaves)) if bool(decays and decays[i]) == decay]
+            if not chosen:
+                continue
+            o, m, n = fused_step(
+                kind,
+                hyper,
+                *([xs[i] for i in chosen] for xs in (param_leaves, leaves, mu, nu)),
+                apply=apply,
+                decay=decay,
+            )
+            for j, i in enumerate(chosen):
+                outs[i], new_mu[i], new_nu[i] = o[j], m[j], n[j]
+        new_state[0] = ScaleByAdamState(
+            count=count, mu=treedef.unflatten(new_mu), nu=treedef.unflatten(new_nu)
+        )
+        return treedef.unflatten(outs), tuple(new_state)
+
+    def update(grads: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        # Through the protocol the kernel must write the updates to a fresh buffer, which
+        # measured slower than the chain on XLA:CPU (first-touch page faults each step; see
+        # docs/benchmarks.md), so only fused=True takes it here.
+        if fused is not True or not use_kernel(params, grads, state[0]):
+            return chain.update(grads, state, params)
+        return step(grads, state, params, apply=False)
+
+    def apply(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+        if not use_kernel(params, grads, state[0]):
+            updates, state = chain.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+        return step(grads, state, params, apply=True)
+
+    return optax.GradientTransformationExtraArgs(chain.init, FusedUpdate(update, apply))
