@@ -21,6 +21,7 @@ from scirs2_optim_jax.transforms.clipping import (
     clip_by_leaf_norm,
     unitwise_norm,
 )
+from scirs2_optim_jax.transforms.fused import FusedUpdate, apply_gradients, fused_adam_family
 from scirs2_optim_jax.transforms.learning_rate import (
     ScaleByScheduleState,
     scale,
@@ -50,6 +51,7 @@ from scirs2_optim_jax.transforms.weight_decay import (
 
 __all__ = [
     "AddDecayedWeightsState",
+    "FusedUpdate",
     "ScaleByAdamState",
     "ScaleByLionState",
     "ScaleByRmsState",
@@ -61,10 +63,12 @@ __all__ = [
     "TraceState",
     "adaptive_grad_clip",
     "add_decayed_weights",
+    "apply_gradients",
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
+    "fused_adam_family",
     "global_norm",
     "leaf_norm",
     "leaf_sum_of_squares",
