@@ -48,12 +48,13 @@ from scirs2_optim_jax.schedules import *  # noqa: F403
 from scirs2_optim_jax.schedules import __all__ as _schedules_all
 from scirs2_optim_jax.transforms import *  # noqa: F403
 from scirs2_optim_jax.transforms import __all__ as _transforms_all
-from scirs2_optim_jax.transforms.fused import apply_gradients
+from scirs2_optim_jax.transforms.fused import apply_gradients, chain
 
 __version__ = "0.1.0"
 
 __all__ = [
     "apply_gradients",
+    "chain",
     "CheckpointCorruptError",
     "CheckpointManager",
     "CheckpointState",

@@ -265,3 +265,24 @@ def test_disabled_kernels_fall_back_or_fail_clearly() -> None:
     lines = out.stdout.splitlines()
     assert lines[0] == str([0.9] * 3)
     assert "adamw: fused=True but the CPU kernels are not available" in lines[1]
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb"])
+def test_clipped_chain_folds_the_factor_and_equals_optax_chain(name: str) -> None:
+    """chain(clip_by_global_norm, fused) applies in one pass and equals the optax.chain."""
+    kwargs = {"learning_rate": SCHEDULE, "weight_decay": 0.01}
+    ours = so.chain(so.clip_by_global_norm(1.0), getattr(so, name)(**kwargs, fused=True))
+    assert hasattr(ours.update, "apply")
+    reference = optax.chain(so.clip_by_global_norm(1.0), getattr(so, name)(**kwargs, fused=False))
+    got = _run(ours, fused_apply=True)
+    want = _run(reference, fused_apply=False)
+    _assert_close(got, want, leaf_scaled=name == "lamb")
+    # Through the protocol the chain is optax.chain's, with the fused transform's update.
+    _assert_close(_run(ours, fused_apply=False), want, leaf_scaled=name == "lamb")
+
+
+def test_chain_without_a_fused_step_is_optax_chain() -> None:
+    tx = so.chain(so.clip_by_global_norm(1.0), so.sgd(0.1))
+    assert not hasattr(tx.update, "apply")
+    clipped_then_fused = so.chain(optax.scale(0.5), so.adamw(1e-3, fused=True))
+    assert not hasattr(clipped_then_fused.update, "apply")  # optax.scale has no factor

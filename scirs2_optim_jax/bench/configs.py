@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from scirs2_optim_jax import optimizers, precision, schedules
-from scirs2_optim_jax.transforms import clipping
+from scirs2_optim_jax.transforms import clipping, fused
 
 __all__ = ["CONFIGS", "BenchConfig", "leaf_shapes", "transformer_shapes"]
 
@@ -186,7 +186,7 @@ def _configs() -> dict[str, BenchConfig]:
             "d",
             "clip(1.0) + adamw + warmup-cosine, 200 leaves",
             _list_tree(200),
-            lambda: optax.chain(
+            lambda: fused.chain(
                 clipping.clip_by_global_norm(1.0),
                 optimizers.adamw(_warmup_cosine(), weight_decay=1e-4),
             ),
@@ -208,7 +208,7 @@ def _configs() -> dict[str, BenchConfig]:
             "f",
             "clip + lamb + warmup-cosine, 2,000 leaves",
             _list_tree(2000),
-            lambda: optax.chain(
+            lambda: fused.chain(
                 clipping.clip_by_global_norm(1.0),
                 optimizers.lamb(_warmup_cosine(), weight_decay=1e-4),
             ),

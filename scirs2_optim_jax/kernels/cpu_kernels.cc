@@ -5,14 +5,15 @@
 // of a group of leaves in one pass, in place (the Python side aliases every output to its
 // input buffer), and spread the work over XLA's intra-op thread pool.
 //
-// Operands of every handler: hyper (f32[10]), then for n leaves: n params, n grads, n mu,
+// Operands of every handler: hyper (f32[11]), then for n leaves: n params, n grads, n mu,
 // n nu (all f32, each group of four with equal sizes). Results: n outputs, n mu, n nu. The
 // outputs are the new parameters (attribute apply=true) or the updates that optax's
 // apply_updates adds to the parameters (apply=false).
 //
 // hyper = [neg_lr, b1, 1 - b1, b2, 1 - b2, eps, eps_root, weight_decay, correction1,
-//          correction2]; 1 - b is passed rather than computed here so that it is rounded
-//          to float32 exactly as the XLA path rounds it.
+//          correction2, grad_scale]; 1 - b is passed rather than computed here so that it is
+//          rounded to float32 exactly as the XLA path rounds it. grad_scale multiplies every
+//          gradient first (a clipping factor; 1 otherwise), as a preceding transform would.
 //
 // Element by element the arithmetic follows the XLA path in transforms/ in the same order:
 //   mu = a1 * g + b1 * mu;  nu = a2 * g * g + b2 * nu  (a = 1 - b)
@@ -39,7 +40,7 @@ namespace {
 constexpr int64_t kChunk = 1 << 15;  // elements per task: 128 KiB per stream
 
 struct Hyper {
-  float neg_lr, b1, a1, b2, a2, eps, eps_root, wd, c1, c2;
+  float neg_lr, b1, a1, b2, a2, eps, eps_root, wd, c1, c2, gs;
 };
 
 struct Leaf {
@@ -102,7 +103,7 @@ void AdamChunk(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h) {
   const float* __restrict p = leaf.p_in;  // read only in update mode
   const float a1 = h.a1, a2 = h.a2;
   for (int64_t i = begin; i < end; ++i) {
-    const float gi = g[i];
+    const float gi = h.gs * g[i];
     const float pi = kApply ? out[i] : p[i];
     const float m = a1 * gi + h.b1 * mu[i];
     const float n = a2 * (gi * gi) + h.b2 * nu[i];
@@ -132,7 +133,7 @@ void LambNorms(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h, dou
     uu = 0.0f;
 #pragma omp simd reduction(+ : pp, uu)
     for (int64_t i = s; i < e; ++i) {
-      const float gi = g[i];
+      const float gi = h.gs * g[i];
       const float pi = p[i];
       const float m = a1 * gi + h.b1 * mu[i];
       const float n = a2 * (gi * gi) + h.b2 * nu[i];
@@ -226,8 +227,8 @@ Hyper ReadHyper(const ffi::Buffer<ffi::F32>& hyper) {
 
 ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
                         ffi::RemainingRets rets, bool apply, bool decay) {
-  if (hyper.element_count() != 10) {
-    return ffi::Error::InvalidArgument("scirs2_adam_step: hyper must hold 10 floats");
+  if (hyper.element_count() != 11) {
+    return ffi::Error::InvalidArgument("scirs2_adam_step: hyper must hold 11 floats");
   }
   auto decoded = DecodeLeaves(args, rets, apply);
   if (decoded.has_error()) return decoded.error();
@@ -245,8 +246,8 @@ ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::
 
 ffi::Error LambStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
                         ffi::RemainingRets rets, bool apply, bool decay) {
-  if (hyper.element_count() != 10) {
-    return ffi::Error::InvalidArgument("scirs2_lamb_step: hyper must hold 10 floats");
+  if (hyper.element_count() != 11) {
+    return ffi::Error::InvalidArgument("scirs2_lamb_step: hyper must hold 11 floats");
   }
   auto decoded = DecodeLeaves(args, rets, apply);
   if (decoded.has_error()) return decoded.error();

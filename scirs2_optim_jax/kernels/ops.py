@@ -30,16 +30,19 @@ def hyper_vector(
     weight_decay: jax.Array,
     correction1: jax.Array,
     correction2: jax.Array,
+    grad_scale: jax.Array | float = 1.0,
 ) -> jax.Array:
-    """The kernels' ``f32[10]`` operand, in the order ``cpu_kernels.cc`` reads it.
+    """The kernels' ``f32[11]`` operand, in the order ``cpu_kernels.cc`` reads it.
+
+    ``grad_scale`` multiplies the gradients before anything else (a clipping factor).
 
     Example:
         >>> hyper_vector(-0.1, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.1, 0.001).shape
-        (10,)
+        (11,)
     """
     # 1 - b is formed before the cast, as transforms.moments.ema forms it.
     values = (neg_lr, b1, 1 - b1, b2, 1 - b2, eps, eps_root, weight_decay)
-    values += (correction1, correction2)
+    values += (correction1, correction2, grad_scale)
     return jnp.stack([jnp.asarray(x).astype(jnp.float32) for x in values])
 
 

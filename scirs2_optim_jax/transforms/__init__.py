@@ -21,7 +21,13 @@ from scirs2_optim_jax.transforms.clipping import (
     clip_by_leaf_norm,
     unitwise_norm,
 )
-from scirs2_optim_jax.transforms.fused import FusedUpdate, apply_gradients, fused_adam_family
+from scirs2_optim_jax.transforms.fused import (
+    FactorUpdate,
+    FusedUpdate,
+    apply_gradients,
+    chain,
+    fused_adam_family,
+)
 from scirs2_optim_jax.transforms.learning_rate import (
     ScaleByScheduleState,
     scale,
@@ -51,6 +57,7 @@ from scirs2_optim_jax.transforms.weight_decay import (
 
 __all__ = [
     "AddDecayedWeightsState",
+    "FactorUpdate",
     "FusedUpdate",
     "ScaleByAdamState",
     "ScaleByLionState",
@@ -64,6 +71,7 @@ __all__ = [
     "adaptive_grad_clip",
     "add_decayed_weights",
     "apply_gradients",
+    "chain",
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",

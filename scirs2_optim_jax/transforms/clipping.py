@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from scirs2_optim_jax import validation as v
+from scirs2_optim_jax.transforms.fused import FactorUpdate
 from scirs2_optim_jax.transforms.moments import as_dtype
 from scirs2_optim_jax.transforms.norms import AxisName, global_norm, leaf_sum_of_squares
 
@@ -82,18 +83,18 @@ def clip_by_global_norm(
     """
     v.check_positive("clip_by_global_norm", "max_norm", max_norm)
 
-    def update_fn(
+    def factor_fn(
         updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, optax.EmptyState]:
+    ) -> tuple[jax.Array, optax.EmptyState]:
         del params
         norm = global_norm(updates, axis_name)
         # A scalar factor (exactly 1 when no clipping is needed) rather than optax's
         # ``g / norm * max_norm``: XLA fuses a multiply by a scalar into every consumer of the
-        # gradient, whereas the divide is materialised as an extra pass over the gradients.
-        factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
-        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+        # gradient, whereas the divide is materialised as an extra pass over the gradients;
+        # a fused optimizer step takes the factor itself (transforms.fused.chain).
+        return jnp.where(norm < max_norm, 1.0, max_norm / norm), state
 
-    return _stateless(update_fn)
+    return _stateless(FactorUpdate(factor_fn))
 
 
 def clip_by_leaf_norm(

@@ -30,21 +30,22 @@ from scirs2_optim_jax.transforms.masking import Mask, mask_leaves
 from scirs2_optim_jax.transforms.moments import bias_correction, safe_increment
 from scirs2_optim_jax.transforms.weight_decay import add_decayed_weights
 
-__all__ = ["FusedUpdate", "apply_gradients", "fused_adam_family"]
+__all__ = ["FactorUpdate", "FusedUpdate", "apply_gradients", "chain", "fused_adam_family"]
 
 
 class FusedUpdate:
     """An optax ``update`` function that can also apply the step to the parameters itself.
 
     Calling it is the optax protocol: ``updates, state = update(grads, state, params)``.
-    ``apply(grads, state, params)`` returns ``(new_params, new_state)`` in one pass, equal to
-    ``optax.apply_updates(params, updates)`` with the same state.
+    ``apply(grads, state, params, grad_scale=None)`` returns ``(new_params, new_state)`` in
+    one pass, equal to ``optax.apply_updates(params, updates)`` with the same state, for the
+    gradients multiplied by ``grad_scale`` (a scalar) when it is given.
     """
 
     def __init__(
         self,
         update: Callable[..., tuple[Any, Any]],
-        apply: Callable[[Any, Any, Any], tuple[Any, Any]],
+        apply: Callable[..., tuple[Any, Any]],
     ) -> None:
         self._update = update
         self.apply = apply
@@ -54,6 +55,62 @@ class FusedUpdate:
     ) -> tuple[optax.Updates, Any]:
         del extra  # accepted and ignored, like optax's transformations without extra args
         return self._update(updates, state, params)
+
+
+class FactorUpdate:
+    """An optax ``update`` function that multiplies the whole tree by one scalar.
+
+    ``factor(updates, state, params)`` returns ``(factor, new_state)`` without touching the
+    tree, so that :func:`chain` can hand the factor to a fused step instead of writing the
+    scaled gradients out (global-norm clipping: one read of the gradients, not three passes).
+    """
+
+    def __init__(self, factor: Callable[[Any, Any, Any], tuple[jax.Array, Any]]) -> None:
+        self.factor = factor
+
+    def __call__(
+        self, updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra: Any
+    ) -> tuple[optax.Updates, Any]:
+        del extra
+        factor, state = self.factor(updates, state, params)
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+
+
+def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``optax.chain`` that keeps a fused one-pass step available to :func:`apply_gradients`.
+
+    When the last transformation has a fused ``apply`` (``adam``, ``adamw``, ``lamb`` on the
+    CPU) and every one before it scales the tree by a scalar (``clip_by_global_norm``), the
+    chain's ``update`` gets an ``apply`` that folds those factors into the fused step.
+    Otherwise this is exactly ``optax.chain``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from scirs2_optim_jax import optimizers
+        >>> from scirs2_optim_jax.transforms import clip_by_global_norm
+        >>> tx = chain(clip_by_global_norm(1.0), optimizers.sgd(1.0))
+        >>> params = {"w": jnp.zeros(2)}
+        >>> new, _ = apply_gradients(tx, {"w": jnp.array([3.0, 4.0])}, tx.init(params), params)
+        >>> [round(float(x), 4) for x in new["w"]]
+        [-0.6, -0.8]
+    """
+    combined = optax.chain(*transforms)
+    *scalers, last = transforms
+    last_apply = getattr(last.update, "apply", None)
+    if last_apply is None or not all(hasattr(t.update, "factor") for t in scalers):
+        return combined
+
+    def apply(grads: Any, state: tuple[Any, ...], params: Any) -> tuple[Any, Any]:
+        scale = jnp.ones([], jnp.float32)
+        new_state = list(state)
+        for i, t in enumerate(scalers):
+            scaled = jax.tree.map(lambda g, s=scale: g * s.astype(g.dtype), grads)
+            factor, new_state[i] = t.update.factor(scaled, state[i], params)
+            scale = scale * factor.astype(jnp.float32)
+        new_params, new_state[-1] = last_apply(grads, state[-1], params, grad_scale=scale)
+        return new_params, tuple(new_state)
+
+    return optax.GradientTransformationExtraArgs(combined.init, FusedUpdate(combined.update, apply))
 
 
 def apply_gradients(
@@ -124,7 +181,7 @@ def fused_adam_family(
         >>> [round(float(x), 4) for x in new_params["w"]]
         [0.9, 0.9, 0.9]
     """
-    chain = optax.chain(*parts)
+    combined = optax.chain(*parts)
     # The decay rate and the learning rate (with its sign) come from the same transformations
     # the chain uses, run on a scalar, so schedules and injected values behave identically.
     rate_tx = add_decayed_weights(weight_decay) if with_weight_decay else None
@@ -156,7 +213,9 @@ def fused_adam_family(
             return False
         return True
 
-    def step(grads: Any, state: tuple[Any, ...], params: Any, apply: bool) -> tuple[Any, Any]:
+    def step(
+        grads: Any, state: tuple[Any, ...], params: Any, apply: bool, grad_scale: Any = 1.0
+    ) -> tuple[Any, Any]:
         adam_state = state[0]
         v.check_tree_matches(name, grads, params, ref_name="params")
         v.check_tree_matches(name, grads, adam_state.mu)
@@ -178,6 +237,7 @@ def fused_adam_family(
             rate,
             bias_correction(b1, count),
             bias_correction(b2, count),
+            grad_scale,
         )
         decays = mask_leaves(mask, params, grads) if decays_at_all and rate_tx else None
         mu = treedef.flatten_up_to(adam_state.mu)
@@ -208,13 +268,17 @@ def fused_adam_family(
         # measured slower than the chain on XLA:CPU (first-touch page faults each step; see
         # docs/benchmarks.md), so only fused=True takes it here.
         if fused is not True or not use_kernel(params, grads, state[0]):
-            return chain.update(grads, state, params)
+            return combined.update(grads, state, params)
         return step(grads, state, params, apply=False)
 
-    def apply(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+    def apply(grads: Any, state: Any, params: Any, grad_scale: Any = None) -> tuple[Any, Any]:
         if not use_kernel(params, grads, state[0]):
-            updates, state = chain.update(grads, state, params)
+            if grad_scale is not None:
+                grads = jax.tree.map(lambda g: g * grad_scale.astype(g.dtype), grads)
+            updates, state = combined.update(grads, state, params)
             return optax.apply_updates(params, updates), state
-        return step(grads, state, params, apply=True)
+        return step(
+            grads, state, params, apply=True, grad_scale=1.0 if grad_scale is None else grad_scale
+        )
 
-    return optax.GradientTransformationExtraArgs(chain.init, FusedUpdate(update, apply))
+    return optax.GradientTransformationExtraArgs(combined.init, FusedUpdate(update, apply))
