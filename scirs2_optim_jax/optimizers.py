@@ -49,11 +49,17 @@ def _maybe_fused(
     eps_root: Any,
     weight_decay: Any = 0.0,
     mask: Mask = None,
+    state_layout: str = "tree",
 ) -> optax.GradientTransformationExtraArgs:
     """The chain of ``parts``, with the fused CPU path unless ``fused`` is False or an option
     the kernel lacks (``unsupported``) is set."""
     if fused is not None and not isinstance(fused, bool):
         raise TypeError(f"{name}: fused must be True, False or None, got {fused!r}")
+    if state_layout not in ("tree", "grouped"):
+        raise ValueError(f"{name}: state_layout must be 'tree' or 'grouped', got {state_layout!r}")
+    if state_layout == "grouped" and (fused is False or unsupported):
+        why = "fused=False" if fused is False else unsupported
+        raise ValueError(f"{name}: state_layout='grouped' needs the fused path, not {why}")
     if fused is False or (unsupported and fused is None):
         return optax.chain(*parts)
     if unsupported:
@@ -70,6 +76,7 @@ def _maybe_fused(
         mask=mask,
         fused=fused,
         with_weight_decay=len(parts) > 2,
+        state_layout=state_layout,
     )
 
 
@@ -84,6 +91,7 @@ def adam(
     nesterov: bool = False,
     nu_dtype: Any = None,
     fused: bool | None = None,
+    state_layout: str = "tree",
 ) -> optax.GradientTransformationExtraArgs:
     """Adam: ``scale_by_adam`` then the learning rate.
 
@@ -93,6 +101,8 @@ def adam(
         nu_dtype: dtype of the second moment (keyword-only; optax has none).
         fused: the one-pass CPU kernel (keyword-only): None uses it where it applies, True
             requires it, False never uses it. See :mod:`scirs2_optim_jax.transforms.fused`.
+        state_layout: ``"tree"`` (the chain's state) or ``"grouped"`` (moments in one flat
+            buffer per group of leaves: fewer arrays per step; keyword-only).
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``.
@@ -117,7 +127,18 @@ def adam(
             scale_by_learning_rate(learning_rate),
         )
         unsupported = "nesterov=True" if nesterov else None
-        return _maybe_fused("adam", parts, "adam", fused, unsupported, b1, b2, eps, eps_root)
+        return _maybe_fused(
+            "adam",
+            parts,
+            "adam",
+            fused,
+            unsupported,
+            b1,
+            b2,
+            eps,
+            eps_root,
+            state_layout=state_layout,
+        )
 
 
 def adamw(
@@ -133,6 +154,7 @@ def adamw(
     nesterov: bool = False,
     nu_dtype: Any = None,
     fused: bool | None = None,
+    state_layout: str = "tree",
 ) -> optax.GradientTransformationExtraArgs:
     """AdamW: Adam with decoupled weight decay, ``scale_by_adam -> add_decayed_weights ->
     scale_by_learning_rate``.
@@ -146,6 +168,8 @@ def adamw(
         nu_dtype: dtype of the second moment (keyword-only; optax has none).
         fused: the one-pass CPU kernel (keyword-only): None uses it where it applies, True
             requires it, False never uses it. See :mod:`scirs2_optim_jax.transforms.fused`.
+        state_layout: ``"tree"`` (the chain's state) or ``"grouped"`` (moments in one flat
+            buffer per group of leaves: fewer arrays per step; keyword-only).
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``.
@@ -169,7 +193,18 @@ def adamw(
         )
         unsupported = "nesterov=True" if nesterov else None
         return _maybe_fused(
-            "adamw", parts, "adam", fused, unsupported, b1, b2, eps, eps_root, weight_decay, mask
+            "adamw",
+            parts,
+            "adam",
+            fused,
+            unsupported,
+            b1,
+            b2,
+            eps,
+            eps_root,
+            weight_decay,
+            mask,
+            state_layout=state_layout,
         )
 
 
@@ -186,6 +221,7 @@ def lamb(
     nu_dtype: Any = None,
     axis_name: AxisName = None,
     fused: bool | None = None,
+    state_layout: str = "tree",
 ) -> optax.GradientTransformationExtraArgs:
     """LAMB: the AdamW direction rescaled per leaf by ``||param|| / ||direction||``.
 
@@ -199,6 +235,8 @@ def lamb(
             norms of whole leaves (keyword-only).
         fused: the one-pass CPU kernel (keyword-only): None uses it where it applies, True
             requires it, False never uses it. See :mod:`scirs2_optim_jax.transforms.fused`.
+        state_layout: ``"tree"`` (the chain's state) or ``"grouped"`` (moments in one flat
+            buffer per group of leaves: fewer arrays per step; keyword-only).
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``.
@@ -224,7 +262,18 @@ def lamb(
         # Per-shard trust ratios need a cross-device sum the kernel does not do.
         unsupported = "axis_name" if axis_name is not None else None
         return _maybe_fused(
-            "lamb", parts, "lamb", fused, unsupported, b1, b2, eps, eps_root, weight_decay, mask
+            "lamb",
+            parts,
+            "lamb",
+            fused,
+            unsupported,
+            b1,
+            b2,
+            eps,
+            eps_root,
+            weight_decay,
+            mask,
+            state_layout=state_layout,
         )
 
 

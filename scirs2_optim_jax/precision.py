@@ -325,6 +325,10 @@ class MasterWeightsState(NamedTuple):
     inner_state: optax.OptState  # the wrapped optimizer's state, built on the master copy
 
 
+def _all_floating(tree: Any) -> bool:
+    return all(_is_floating(leaf) for leaf in jax.tree.leaves(tree))
+
+
 def with_master_weights(
     inner: optax.GradientTransformation, master_dtype: Any = jnp.float32
 ) -> optax.GradientTransformationExtraArgs:
@@ -380,14 +384,19 @@ def with_master_weights(
             raise ValueError(f"{fn}: update needs params (the low-precision parameters)")
         v.check_tree_matches(fn, updates, state.master, ref_name="master weights")
         grads = cast_floating(updates, master_dtype)
-        inner_updates, inner_state = inner.update(
-            grads, state.inner_state, state.master, **extra_args
-        )
-        master = jax.tree.map(
-            lambda m, u: (m + u.astype(m.dtype)) if _is_floating(m) else m,
-            state.master,
-            inner_updates,
-        )
+        fused_apply = getattr(inner.update, "apply", None)
+        if fused_apply is not None and not extra_args and _all_floating(state.master):
+            # A fused optimizer (transforms.fused) writes the new master in the same pass.
+            master, inner_state = fused_apply(grads, state.inner_state, state.master)
+        else:
+            inner_updates, inner_state = inner.update(
+                grads, state.inner_state, state.master, **extra_args
+            )
+            master = jax.tree.map(
+                lambda m, u: (m + u.astype(m.dtype)) if _is_floating(m) else m,
+                state.master,
+                inner_updates,
+            )
 
         def step_to_master(new: jax.Array, p: jax.Array) -> jax.Array:
             if not _is_floating(p):

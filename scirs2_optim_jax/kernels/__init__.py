@@ -12,7 +12,7 @@ from scirs2_optim_jax.kernels.build import (
     kernels_available,
     load_kernels,
 )
-from scirs2_optim_jax.kernels.ops import GROUP_SIZE, fused_step, hyper_vector
+from scirs2_optim_jax.kernels.ops import GROUP_SIZE, fused_step, group_bounds, hyper_vector
 
 __all__ = [
     "ENV_CACHE_DIR",
@@ -20,6 +20,7 @@ __all__ = [
     "GROUP_SIZE",
     "KernelLibrary",
     "fused_step",
+    "group_bounds",
     "hyper_vector",
     "kernel_cache_dir",
     "kernels_available",

@@ -5,8 +5,10 @@
 // of a group of leaves in one pass, in place (the Python side aliases every output to its
 // input buffer), and spread the work over XLA's intra-op thread pool.
 //
-// Operands of every handler: hyper (f32[11]), then for n leaves: n params, n grads, n mu,
-// n nu (all f32, each group of four with equal sizes). Results: n outputs, n mu, n nu. The
+// Operands of every handler: hyper (f32[11]), decay flags (u8[n], one per leaf), n params,
+// n grads (f32), then the moments: n mu and n nu leaves (tree layout), or one flat mu and
+// one flat nu buffer holding the group's leaves back to back (grouped layout, attribute
+// grouped=true). Results: n outputs, then the moments in the same layout as given. The
 // outputs are the new parameters (attribute apply=true) or the updates that optax's
 // apply_updates adds to the parameters (apply=false).
 //
@@ -50,6 +52,7 @@ struct Leaf {
   float* nu;
   float* out;
   int64_t size;
+  bool decay;
 };
 
 struct Chunk {
@@ -170,41 +173,84 @@ void LambApply(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h, flo
 // Decodes the operands into leaves. Moments (and, in apply mode, parameters) whose output
 // XLA did not alias to the input are copied to the output first, then updated there.
 ffi::ErrorOr<std::vector<Leaf>> DecodeLeaves(ffi::RemainingArgs args, ffi::RemainingRets rets,
-                                            bool apply) {
-  if (args.size() % 4 != 0 || rets.size() * 4 != args.size() * 3) {
+                                            bool apply, bool grouped) {
+  const size_t total = args.size();
+  size_t n = 0;
+  if (grouped && total >= 3) n = (total - 3) / 2;
+  if (!grouped && total >= 1) n = (total - 1) / 4;
+  const bool counts_ok = grouped ? (total == 2 * n + 3 && rets.size() == n + 2)
+                                 : (total == 4 * n + 1 && rets.size() == 3 * n);
+  if (!counts_ok) {
     return ffi::Unexpected(ffi::Error::InvalidArgument(
-        "scirs2 kernels: expected 4n operands after hyper and 3n results"));
+        "scirs2 kernels: operands must be flags, n params, n grads and the moments"));
   }
-  const size_t n = args.size() / 4;
-  std::vector<Leaf> leaves(n);
-  for (size_t i = 0; i < n; ++i) {
-    ffi::AnyBuffer in[4] = {args.get<ffi::AnyBuffer>(i).value(),
-                            args.get<ffi::AnyBuffer>(n + i).value(),
-                            args.get<ffi::AnyBuffer>(2 * n + i).value(),
-                            args.get<ffi::AnyBuffer>(3 * n + i).value()};
-    ffi::Result<ffi::AnyBuffer> out[3] = {rets.get<ffi::AnyBuffer>(i).value(),
-                                          rets.get<ffi::AnyBuffer>(n + i).value(),
-                                          rets.get<ffi::AnyBuffer>(2 * n + i).value()};
-    const int64_t size = static_cast<int64_t>(in[0].element_count());
-    for (const auto& b : in) {
-      if (b.element_type() != ffi::DataType::F32 ||
-          static_cast<int64_t>(b.element_count()) != size) {
-        return ffi::Unexpected(ffi::Error::InvalidArgument(
-            "scirs2 kernels: every operand of a leaf must be f32 of the same size"));
-      }
+  auto flags_or = args.get<ffi::AnyBuffer>(0);
+  if (flags_or.has_error() || flags_or.value().element_type() != ffi::DataType::U8 ||
+      flags_or.value().element_count() != n) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument("scirs2 kernels: flags must be u8[n]"));
+  }
+  const uint8_t* flags = flags_or.value().typed_data<uint8_t>();
+  auto f32 = [](const ffi::AnyBuffer& b) { return b.element_type() == ffi::DataType::F32; };
+  float* mu_flat = nullptr;
+  float* nu_flat = nullptr;
+  int64_t flat_size = 0;
+  if (grouped) {
+    ffi::AnyBuffer mu_in = args.get<ffi::AnyBuffer>(2 * n + 1).value();
+    ffi::AnyBuffer nu_in = args.get<ffi::AnyBuffer>(2 * n + 2).value();
+    flat_size = static_cast<int64_t>(mu_in.element_count());
+    if (!f32(mu_in) || !f32(nu_in) || static_cast<int64_t>(nu_in.element_count()) != flat_size) {
+      return ffi::Unexpected(ffi::Error::InvalidArgument(
+          "scirs2 kernels: grouped moments must be two f32 buffers of equal size"));
     }
-    float* mu = out[1]->typed_data<float>();
-    float* nu = out[2]->typed_data<float>();
-    // The moments are updated in place: start from the inputs if XLA gave other buffers.
-    if (mu != in[2].typed_data<float>()) std::memcpy(mu, in[2].typed_data<float>(), 4 * size);
-    if (nu != in[3].typed_data<float>()) std::memcpy(nu, in[3].typed_data<float>(), 4 * size);
-    float* params_out = out[0]->typed_data<float>();
-    const float* params_in = in[0].typed_data<float>();
+    mu_flat = rets.get<ffi::AnyBuffer>(n).value()->typed_data<float>();
+    nu_flat = rets.get<ffi::AnyBuffer>(n + 1).value()->typed_data<float>();
+    if (mu_flat != mu_in.typed_data<float>()) {
+      std::memcpy(mu_flat, mu_in.typed_data<float>(), 4 * flat_size);
+    }
+    if (nu_flat != nu_in.typed_data<float>()) {
+      std::memcpy(nu_flat, nu_in.typed_data<float>(), 4 * flat_size);
+    }
+  }
+  std::vector<Leaf> leaves(n);
+  int64_t offset = 0;
+  for (size_t i = 0; i < n; ++i) {
+    ffi::AnyBuffer p = args.get<ffi::AnyBuffer>(1 + i).value();
+    ffi::AnyBuffer g = args.get<ffi::AnyBuffer>(1 + n + i).value();
+    const int64_t size = static_cast<int64_t>(p.element_count());
+    if (!f32(p) || !f32(g) || static_cast<int64_t>(g.element_count()) != size) {
+      return ffi::Unexpected(ffi::Error::InvalidArgument(
+          "scirs2 kernels: params and grads of a leaf must be f32 of the same size"));
+    }
+    float* mu = nullptr;
+    float* nu = nullptr;
+    if (grouped) {
+      mu = mu_flat + offset;
+      nu = nu_flat + offset;
+    } else {
+      ffi::AnyBuffer mu_in = args.get<ffi::AnyBuffer>(1 + 2 * n + i).value();
+      ffi::AnyBuffer nu_in = args.get<ffi::AnyBuffer>(1 + 3 * n + i).value();
+      if (!f32(mu_in) || !f32(nu_in) || static_cast<int64_t>(mu_in.element_count()) != size ||
+          static_cast<int64_t>(nu_in.element_count()) != size) {
+        return ffi::Unexpected(ffi::Error::InvalidArgument(
+            "scirs2 kernels: the moments of a leaf must be f32 of the leaf's size"));
+      }
+      mu = rets.get<ffi::AnyBuffer>(n + i).value()->typed_data<float>();
+      nu = rets.get<ffi::AnyBuffer>(2 * n + i).value()->typed_data<float>();
+      if (mu != mu_in.typed_data<float>()) std::memcpy(mu, mu_in.typed_data<float>(), 4 * size);
+      if (nu != nu_in.typed_data<float>()) std::memcpy(nu, nu_in.typed_data<float>(), 4 * size);
+    }
+    offset += size;
+    float* params_out = rets.get<ffi::AnyBuffer>(i).value()->typed_data<float>();
+    const float* params_in = p.typed_data<float>();
     if (apply && params_out != params_in) {
       std::memcpy(params_out, params_in, 4 * size);  // then update in place
       params_in = params_out;
     }
-    leaves[i] = {params_in, in[1].typed_data<float>(), mu, nu, params_out, size};
+    leaves[i] = {params_in, g.typed_data<float>(), mu, nu, params_out, size, flags[i] != 0};
+  }
+  if (grouped && offset != flat_size) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "scirs2 kernels: grouped moments must hold exactly the group's leaves"));
   }
   return leaves;
 }
@@ -226,39 +272,41 @@ Hyper ReadHyper(const ffi::Buffer<ffi::F32>& hyper) {
 }
 
 ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                        ffi::RemainingRets rets, bool apply, bool decay) {
+                        ffi::RemainingRets rets, bool apply, bool grouped) {
   if (hyper.element_count() != 11) {
     return ffi::Error::InvalidArgument("scirs2_adam_step: hyper must hold 11 floats");
   }
-  auto decoded = DecodeLeaves(args, rets, apply);
+  auto decoded = DecodeLeaves(args, rets, apply, grouped);
   if (decoded.has_error()) return decoded.error();
   const std::vector<Leaf>& leaves = decoded.value();
   const std::vector<Chunk> chunks = MakeChunks(leaves);
   const Hyper h = ReadHyper(hyper);
-  auto kernel = apply ? (decay ? AdamChunk<true, true> : AdamChunk<false, true>)
-                      : (decay ? AdamChunk<true, false> : AdamChunk<false, false>);
   ParallelFor(pool, static_cast<int64_t>(chunks.size()), [&](int64_t k) {
     const Chunk& c = chunks[k];
-    kernel(leaves[c.leaf], c.begin, c.end, h);
+    const Leaf& leaf = leaves[c.leaf];
+    auto kernel = apply ? (leaf.decay ? AdamChunk<true, true> : AdamChunk<false, true>)
+                        : (leaf.decay ? AdamChunk<true, false> : AdamChunk<false, false>);
+    kernel(leaf, c.begin, c.end, h);
   });
   return ffi::Error::Success();
 }
 
 ffi::Error LambStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                        ffi::RemainingRets rets, bool apply, bool decay) {
+                        ffi::RemainingRets rets, bool apply, bool grouped) {
   if (hyper.element_count() != 11) {
     return ffi::Error::InvalidArgument("scirs2_lamb_step: hyper must hold 11 floats");
   }
-  auto decoded = DecodeLeaves(args, rets, apply);
+  auto decoded = DecodeLeaves(args, rets, apply, grouped);
   if (decoded.has_error()) return decoded.error();
   const std::vector<Leaf>& leaves = decoded.value();
   const std::vector<Chunk> chunks = MakeChunks(leaves);
   const Hyper h = ReadHyper(hyper);
   std::vector<double> sums(2 * chunks.size());
-  auto norms = decay ? LambNorms<true> : LambNorms<false>;
   ParallelFor(pool, static_cast<int64_t>(chunks.size()), [&](int64_t k) {
     const Chunk& c = chunks[k];
-    norms(leaves[c.leaf], c.begin, c.end, h, &sums[2 * k]);
+    const Leaf& leaf = leaves[c.leaf];
+    auto norms = leaf.decay ? LambNorms<true> : LambNorms<false>;
+    norms(leaf, c.begin, c.end, h, &sums[2 * k]);
   });
   // Per-leaf norms, summed in chunk order so the result does not depend on scheduling.
   std::vector<double> p2(leaves.size(), 0.0), u2(leaves.size(), 0.0);
@@ -272,11 +320,12 @@ ffi::Error LambStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::
     const float un = static_cast<float>(std::sqrt(u2[i]));
     ratio[i] = (pn > 0.0f && un > 0.0f) ? pn / un : 1.0f;
   }
-  auto step = apply ? (decay ? LambApply<true, true> : LambApply<false, true>)
-                    : (decay ? LambApply<true, false> : LambApply<false, false>);
   ParallelFor(pool, static_cast<int64_t>(chunks.size()), [&](int64_t k) {
     const Chunk& c = chunks[k];
-    step(leaves[c.leaf], c.begin, c.end, h, ratio[c.leaf]);
+    const Leaf& leaf = leaves[c.leaf];
+    auto step = apply ? (leaf.decay ? LambApply<true, true> : LambApply<false, true>)
+                      : (leaf.decay ? LambApply<true, false> : LambApply<false, false>);
+    step(leaf, c.begin, c.end, h, ratio[c.leaf]);
   });
   return ffi::Error::Success();
 }
@@ -290,7 +339,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Scirs2AdamStep, AdamStepImpl,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<bool>("apply")
-                                  .Attr<bool>("decay"));
+                                  .Attr<bool>("grouped"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Scirs2LambStep, LambStepImpl,
                               ffi::Ffi::Bind()
@@ -299,4 +348,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Scirs2LambStep, LambStepImpl,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<bool>("apply")
-                                  .Attr<bool>("decay"));
+                                  .Attr<bool>("grouped"));

@@ -5,6 +5,11 @@ Every call updates the moments in place (their outputs alias their inputs) and, 
 is made. Leaves are passed in groups of at most :data:`GROUP_SIZE`: XLA's compile time grows
 faster than linearly with the operand count of one call (2,000 leaves in one call took
 minutes to compile here), while the per-call cost is a few microseconds.
+
+The moments come in one of two layouts: one array per leaf (the tree layout, as the chained
+transforms keep them), or one flat buffer per group holding that group's leaves back to back
+(the grouped layout, :func:`group_bounds`), which has far fewer arrays for JAX to pass in
+and out of every step.
 """
 
 from __future__ import annotations
@@ -13,12 +18,23 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scirs2_optim_jax.kernels.build import load_kernels
 
-__all__ = ["GROUP_SIZE", "fused_step", "hyper_vector"]
+__all__ = ["GROUP_SIZE", "fused_step", "group_bounds", "hyper_vector"]
 
 GROUP_SIZE = 64
+
+
+def group_bounds(num_leaves: int) -> list[tuple[int, int]]:
+    """``[start, end)`` leaf ranges of the groups, in ``jax.tree.leaves`` order.
+
+    Example:
+        >>> group_bounds(130)
+        [(0, 64), (64, 128), (128, 130)]
+    """
+    return [(s, min(s + GROUP_SIZE, num_leaves)) for s in range(0, num_leaves, GROUP_SIZE)]
 
 
 def hyper_vector(
@@ -55,19 +71,23 @@ def fused_step(
     nu: Sequence[jax.Array],
     *,
     apply: bool,
-    decay: bool,
+    decay: Sequence[bool],
+    grouped: bool = False,
 ) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
     """One Adam (``kind="adam"``) or LAMB (``kind="lamb"``) step over float32 leaves.
 
     Args:
         kind: ``"adam"`` (Adam/AdamW) or ``"lamb"`` (per-leaf trust ratio).
         hyper: from :func:`hyper_vector`.
-        params, grads, mu, nu: float32 leaves, equal shapes leaf by leaf.
+        params, grads: float32 leaves, equal shapes leaf by leaf.
+        mu, nu: the moments: one float32 array per leaf, or with ``grouped`` one flat buffer
+            per group of :func:`group_bounds`.
         apply: return new parameters (True) or optax updates (False).
-        decay: add ``weight_decay * params`` to the direction of every leaf given.
+        decay: per leaf, whether ``weight_decay * params`` joins its direction.
+        grouped: the layout of ``mu`` and ``nu``.
 
     Returns:
-        ``(outputs, mu, nu)``: new parameters or updates, and the new moments.
+        ``(outputs, mu, nu)``: new parameters or updates, and the new moments (same layout).
 
     Raises:
         RuntimeError: the kernels are not available on this machine.
@@ -81,23 +101,23 @@ def fused_step(
     outs: list[jax.Array] = []
     new_mu: list[jax.Array] = []
     new_nu: list[jax.Array] = []
-    for start in range(0, len(params), GROUP_SIZE):
-        p = list(params[start : start + GROUP_SIZE])
-        g = list(grads[start : start + GROUP_SIZE])
-        m = list(mu[start : start + GROUP_SIZE])
-        n = list(nu[start : start + GROUP_SIZE])
-        count = len(p)
-        shapes = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in p + m + n]
-        # Operand 0 is hyper; then params, grads, mu, nu. Results: outputs, mu, nu.
-        aliases = {1 + 2 * count + i: count + i for i in range(count)}
-        aliases.update({1 + 3 * count + i: 2 * count + i for i in range(count)})
+    for index, (start, end) in enumerate(group_bounds(len(params))):
+        p, g = list(params[start:end]), list(grads[start:end])
+        count = end - start
+        flags = jnp.asarray(np.array(decay[start:end], np.uint8))
+        moments = [mu[index], nu[index]] if grouped else [*mu[start:end], *nu[start:end]]
+        shapes = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in p + moments]
+        # Operands: hyper, flags, params, grads, moments. Results: outputs, moments.
+        first_moment = 2 + 2 * count
+        aliases = {first_moment + i: count + i for i in range(len(moments))}
         if apply:
-            aliases.update({1 + i: i for i in range(count)})
+            aliases.update({2 + i: i for i in range(count)})
         call = jax.ffi.ffi_call(
             target, shapes, input_output_aliases=aliases, vmap_method="sequential"
         )
-        results = call(hyper, *p, *g, *m, *n, apply=apply, decay=decay)
+        results = call(hyper, flags, *p, *g, *moments, apply=apply, grouped=grouped)
         outs += results[:count]
-        new_mu += results[count : 2 * count]
-        new_nu += results[2 * count :]
+        half = len(moments) // 2
+        new_mu += results[count : count + half]
+        new_nu += results[count + half :]
     return outs, new_mu, new_nu

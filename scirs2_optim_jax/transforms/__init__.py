@@ -24,6 +24,7 @@ from scirs2_optim_jax.transforms.clipping import (
 from scirs2_optim_jax.transforms.fused import (
     FactorUpdate,
     FusedUpdate,
+    GroupedAdamState,
     apply_gradients,
     chain,
     fused_adam_family,
@@ -59,6 +60,7 @@ __all__ = [
     "AddDecayedWeightsState",
     "FactorUpdate",
     "FusedUpdate",
+    "GroupedAdamState",
     "ScaleByAdamState",
     "ScaleByLionState",
     "ScaleByRmsState",

@@ -17,20 +17,41 @@ on which path was taken beyond float rounding (the parity tests hold them to rto
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from scirs2_optim_jax import validation as v
-from scirs2_optim_jax.kernels import fused_step, hyper_vector, load_kernels
+from scirs2_optim_jax.kernels import fused_step, group_bounds, hyper_vector, load_kernels
 from scirs2_optim_jax.transforms.adaptive import ScaleByAdamState
 from scirs2_optim_jax.transforms.masking import Mask, mask_leaves
 from scirs2_optim_jax.transforms.moments import bias_correction, safe_increment
 from scirs2_optim_jax.transforms.weight_decay import add_decayed_weights
 
-__all__ = ["FactorUpdate", "FusedUpdate", "apply_gradients", "chain", "fused_adam_family"]
+__all__ = [
+    "FactorUpdate",
+    "FusedUpdate",
+    "GroupedAdamState",
+    "apply_gradients",
+    "chain",
+    "fused_adam_family",
+]
+
+
+class GroupedAdamState(NamedTuple):
+    """Adam's state with the moments in the grouped layout (``state_layout="grouped"``).
+
+    ``mu`` and ``nu`` hold one flat float32 buffer per group of leaves
+    (:func:`~scirs2_optim_jax.kernels.group_bounds`), the group's leaves back to back in
+    ``jax.tree.leaves`` order. ``update.to_canonical`` turns it into a ``ScaleByAdamState``.
+    """
+
+    count: jax.Array
+    mu: tuple[jax.Array, ...]
+    nu: tuple[jax.Array, ...]
 
 
 class FusedUpdate:
@@ -40,15 +61,23 @@ class FusedUpdate:
     ``apply(grads, state, params, grad_scale=None)`` returns ``(new_params, new_state)`` in
     one pass, equal to ``optax.apply_updates(params, updates)`` with the same state, for the
     gradients multiplied by ``grad_scale`` (a scalar) when it is given.
+
+    ``to_canonical(state, params)`` and ``from_canonical(state, params)`` convert the state
+    to and from the chain's own state (the canonical layout that checkpoints store); with the
+    tree layout both return the state unchanged.
     """
 
     def __init__(
         self,
         update: Callable[..., tuple[Any, Any]],
         apply: Callable[..., tuple[Any, Any]],
+        to_canonical: Callable[[Any, Any], Any],
+        from_canonical: Callable[[Any, Any], Any],
     ) -> None:
         self._update = update
         self.apply = apply
+        self.to_canonical = to_canonical
+        self.from_canonical = from_canonical
 
     def __call__(
         self, updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra: Any
@@ -110,7 +139,15 @@ def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransforma
         new_params, new_state[-1] = last_apply(grads, state[-1], params, grad_scale=scale)
         return new_params, tuple(new_state)
 
-    return optax.GradientTransformationExtraArgs(combined.init, FusedUpdate(combined.update, apply))
+    def to_canonical(state: tuple[Any, ...], params: Any) -> tuple[Any, ...]:
+        return (*state[:-1], last.update.to_canonical(state[-1], params))
+
+    def from_canonical(state: tuple[Any, ...], params: Any) -> tuple[Any, ...]:
+        return (*state[:-1], last.update.from_canonical(state[-1], params))
+
+    return optax.GradientTransformationExtraArgs(
+        combined.init, FusedUpdate(combined.update, apply, to_canonical, from_canonical)
+    )
 
 
 def apply_gradients(
@@ -141,6 +178,24 @@ def _leaves_are_float32(*trees: Any) -> bool:
     )
 
 
+def _flat_groups(leaves: Sequence[jax.Array]) -> tuple[jax.Array, ...]:
+    return tuple(
+        jnp.concatenate([jnp.ravel(x) for x in leaves[start:end]])
+        for start, end in group_bounds(len(leaves))
+    )
+
+
+def _split_groups(flats: Sequence[jax.Array], like: Sequence[Any]) -> list[jax.Array]:
+    leaves = []
+    for (start, end), flat in zip(group_bounds(len(like)), flats, strict=True):
+        offset = 0
+        for x in like[start:end]:
+            size = int(np.prod(jnp.shape(x)))
+            leaves.append(flat[offset : offset + size].reshape(jnp.shape(x)))
+            offset += size
+    return leaves
+
+
 def fused_adam_family(
     name: str,
     parts: Sequence[optax.GradientTransformation],
@@ -154,19 +209,24 @@ def fused_adam_family(
     mask: Mask,
     fused: bool | None,
     with_weight_decay: bool,
+    state_layout: str = "tree",
 ) -> optax.GradientTransformationExtraArgs:
     """The chain of ``parts`` (``scale_by_adam``, [``add_decayed_weights``],
     [``scale_by_trust_ratio``], ``scale_by_learning_rate``) with a fused kernel path.
 
     Args:
         name: the alias, for error messages (``"adamw"``).
-        parts: the transformations of the chain, whose states this one keeps unchanged.
+        parts: the transformations of the chain, whose states this one keeps.
         kind: ``"adam"`` or ``"lamb"``.
         b1, b2, eps, eps_root: as given to ``scale_by_adam``.
         weight_decay: as given to ``add_decayed_weights`` (0 for ``adam``).
         mask: which leaves decay, as given to ``add_decayed_weights``.
         fused: True to require the kernel, None to use it where it applies (see the module).
         with_weight_decay: whether ``parts[1]`` is ``add_decayed_weights`` (not in ``adam``).
+        state_layout: ``"tree"`` keeps the chain's state exactly; ``"grouped"`` keeps Adam's
+            moments as a :class:`GroupedAdamState` (float32 parameters only): far fewer
+            arrays per step for trees of many leaves. Either converts with
+            ``update.to_canonical`` / ``update.from_canonical``.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs`` whose ``update`` is a
@@ -181,14 +241,45 @@ def fused_adam_family(
         >>> [round(float(x), 4) for x in new_params["w"]]
         [0.9, 0.9, 0.9]
     """
+    if state_layout not in ("tree", "grouped"):
+        raise ValueError(f"{name}: state_layout must be 'tree' or 'grouped', got {state_layout!r}")
+    grouped = state_layout == "grouped"
     combined = optax.chain(*parts)
     # The decay rate and the learning rate (with its sign) come from the same transformations
     # the chain uses, run on a scalar, so schedules and injected values behave identically.
     rate_tx = add_decayed_weights(weight_decay) if with_weight_decay else None
     lr_tx = parts[-1]
-    decays_at_all = not (isinstance(weight_decay, (int, float)) and weight_decay == 0)
+    decays_at_all = rate_tx is not None and not (
+        isinstance(weight_decay, (int, float)) and weight_decay == 0
+    )
 
-    def use_kernel(params: Any, grads: Any, adam_state: ScaleByAdamState) -> bool:
+    def to_canonical(state: tuple[Any, ...], params: Any) -> tuple[Any, ...]:
+        if not grouped:
+            return state
+        adam_state, leaves = state[0], jax.tree.leaves(params)
+        treedef = jax.tree.structure(params)
+        mu = treedef.unflatten(_split_groups(adam_state.mu, leaves))
+        nu = treedef.unflatten(_split_groups(adam_state.nu, leaves))
+        return (ScaleByAdamState(count=adam_state.count, mu=mu, nu=nu), *state[1:])
+
+    def from_canonical(state: tuple[Any, ...], params: Any) -> tuple[Any, ...]:
+        if not grouped:
+            return state
+        adam_state = state[0]
+        v.check_tree_matches(name, adam_state.mu, params, tree_name="mu", ref_name="params")
+        mu = _flat_groups(jax.tree.leaves(adam_state.mu))
+        nu = _flat_groups(jax.tree.leaves(adam_state.nu))
+        return (GroupedAdamState(count=adam_state.count, mu=mu, nu=nu), *state[1:])
+
+    def init(params: Any) -> tuple[Any, ...]:
+        if grouped and not _leaves_are_float32(params):
+            raise ValueError(
+                f"{name}: state_layout='grouped' needs float32 params; "
+                "use state_layout='tree' for other dtypes"
+            )
+        return from_canonical(combined.init(params), params)
+
+    def use_kernel(params: Any, grads: Any, adam_state: Any) -> bool:
         if fused is False or params is None:
             return False
         if not _leaves_are_float32(params, grads, adam_state.mu, adam_state.nu):
@@ -218,7 +309,8 @@ def fused_adam_family(
     ) -> tuple[Any, Any]:
         adam_state = state[0]
         v.check_tree_matches(name, grads, params, ref_name="params")
-        v.check_tree_matches(name, grads, adam_state.mu)
+        if not grouped:
+            v.check_tree_matches(name, grads, adam_state.mu)
         leaves, treedef = jax.tree.flatten(grads)
         param_leaves = treedef.flatten_up_to(params)
         count = safe_increment(adam_state.count)
@@ -239,46 +331,49 @@ def fused_adam_family(
             bias_correction(b2, count),
             grad_scale,
         )
-        decays = mask_leaves(mask, params, grads) if decays_at_all and rate_tx else None
-        mu = treedef.flatten_up_to(adam_state.mu)
-        nu = treedef.flatten_up_to(adam_state.nu)
-        outs: list[Any] = [None] * len(leaves)
-        new_mu: list[Any] = [None] * len(leaves)
-        new_nu: list[Any] = [None] * len(leaves)
-        for decay in (True, False):
-            chosen = [i for i in range(len(leaves)) if bool(decays and decays[i]) == decay]
-            if not chosen:
-                continue
-            o, m, n = fused_step(
-                kind,
-                hyper,
-                *([xs[i] for i in chosen] for xs in (param_leaves, leaves, mu, nu)),
-                apply=apply,
-                decay=decay,
-            )
-            for j, i in enumerate(chosen):
-                outs[i], new_mu[i], new_nu[i] = o[j], m[j], n[j]
-        new_state[0] = ScaleByAdamState(
-            count=count, mu=treedef.unflatten(new_mu), nu=treedef.unflatten(new_nu)
+        decays = mask_leaves(mask, params, grads) if decays_at_all else [False] * len(leaves)
+        if grouped:
+            mu, nu = list(adam_state.mu), list(adam_state.nu)
+        else:
+            mu, nu = treedef.flatten_up_to(adam_state.mu), treedef.flatten_up_to(adam_state.nu)
+        outs, new_mu, new_nu = fused_step(
+            kind, hyper, param_leaves, leaves, mu, nu, apply=apply, decay=decays, grouped=grouped
         )
+        if grouped:
+            new_state[0] = GroupedAdamState(count=count, mu=tuple(new_mu), nu=tuple(new_nu))
+        else:
+            new_state[0] = ScaleByAdamState(
+                count=count, mu=treedef.unflatten(new_mu), nu=treedef.unflatten(new_nu)
+            )
         return treedef.unflatten(outs), tuple(new_state)
+
+    def chain_update(grads: Any, state: tuple[Any, ...], params: Any) -> tuple[Any, Any]:
+        if not grouped:
+            return combined.update(grads, state, params)
+        if params is None:
+            raise ValueError(f"{name}: update needs params with state_layout='grouped'")
+        # Off the kernel path the grouped state goes through the chain in its own layout.
+        updates, canonical = combined.update(grads, to_canonical(state, params), params)
+        return updates, from_canonical(canonical, params)
 
     def update(grads: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         # Through the protocol the kernel must write the updates to a fresh buffer, which
         # measured slower than the chain on XLA:CPU (first-touch page faults each step; see
         # docs/benchmarks.md), so only fused=True takes it here.
         if fused is not True or not use_kernel(params, grads, state[0]):
-            return combined.update(grads, state, params)
+            return chain_update(grads, state, params)
         return step(grads, state, params, apply=False)
 
     def apply(grads: Any, state: Any, params: Any, grad_scale: Any = None) -> tuple[Any, Any]:
         if not use_kernel(params, grads, state[0]):
             if grad_scale is not None:
                 grads = jax.tree.map(lambda g: g * grad_scale.astype(g.dtype), grads)
-            updates, state = combined.update(grads, state, params)
+            updates, state = chain_update(grads, state, params)
             return optax.apply_updates(params, updates), state
         return step(
             grads, state, params, apply=True, grad_scale=1.0 if grad_scale is None else grad_scale
         )
 
-    return optax.GradientTransformationExtraArgs(combined.init, FusedUpdate(update, apply))
+    return optax.GradientTransformationExtraArgs(
+        init, FusedUpdate(update, apply, to_canonical, from_canonical)
+    )
