@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from scirs2_optim_jax import validation as v
+from scirs2_optim_jax.transforms.fused import FusedUpdate
 
 __all__ = [
     "PRECISIONS",
@@ -374,29 +375,45 @@ def with_master_weights(
         master = cast_floating(params, master_dtype)
         return MasterWeightsState(master=master, inner_state=inner.init(master))
 
+    def new_master(
+        updates: optax.Updates, state: MasterWeightsState, params: Any, extra_args: Any
+    ) -> tuple[Any, Any]:
+        if params is None:
+            raise ValueError(f"{fn}: update needs params (the low-precision parameters)")
+        v.check_tree_matches(fn, updates, state.master, ref_name="master weights")
+        grads = cast_floating(updates, master_dtype)
+        fused_apply = getattr(inner.update, "apply", None)
+        same_dtype = all(
+            jnp.result_type(g) == jnp.result_type(u)
+            for g, u in zip(jax.tree.leaves(grads), jax.tree.leaves(updates), strict=True)
+        )
+        if (
+            fused_apply is not None
+            and same_dtype
+            and not extra_args
+            and _all_floating(state.master)
+        ):
+            # A fused optimizer (transforms.fused) writes the new master in the same pass. Not
+            # when the gradients had to be cast: that cast would be written out as a fresh
+            # buffer every step, which costs more than the pass it saves (measured, config g).
+            return fused_apply(grads, state.inner_state, state.master)
+        inner_updates, inner_state = inner.update(
+            grads, state.inner_state, state.master, **extra_args
+        )
+        master = jax.tree.map(
+            lambda m, u: (m + u.astype(m.dtype)) if _is_floating(m) else m,
+            state.master,
+            inner_updates,
+        )
+        return master, inner_state
+
     def update_fn(
         updates: optax.Updates,
         state: MasterWeightsState,
         params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, MasterWeightsState]:
-        if params is None:
-            raise ValueError(f"{fn}: update needs params (the low-precision parameters)")
-        v.check_tree_matches(fn, updates, state.master, ref_name="master weights")
-        grads = cast_floating(updates, master_dtype)
-        fused_apply = getattr(inner.update, "apply", None)
-        if fused_apply is not None and not extra_args and _all_floating(state.master):
-            # A fused optimizer (transforms.fused) writes the new master in the same pass.
-            master, inner_state = fused_apply(grads, state.inner_state, state.master)
-        else:
-            inner_updates, inner_state = inner.update(
-                grads, state.inner_state, state.master, **extra_args
-            )
-            master = jax.tree.map(
-                lambda m, u: (m + u.astype(m.dtype)) if _is_floating(m) else m,
-                state.master,
-                inner_updates,
-            )
+        master, inner_state = new_master(updates, state, params, extra_args)
 
         def step_to_master(new: jax.Array, p: jax.Array) -> jax.Array:
             if not _is_floating(p):
@@ -408,4 +425,21 @@ def with_master_weights(
         out = jax.tree.map(step_to_master, master, params)
         return out, MasterWeightsState(master=master, inner_state=inner_state)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    def apply_fn(
+        updates: optax.Updates, state: MasterWeightsState, params: Any
+    ) -> tuple[Any, MasterWeightsState]:
+        # apply_gradients' one-pass form: the parameters become the rounded master directly,
+        # with no update tree to write out and add.
+        master, inner_state = new_master(updates, state, params, {})
+        new_params = jax.tree.map(
+            lambda m, p: m.astype(p.dtype) if _is_floating(p) else p, master, params
+        )
+        return new_params, MasterWeightsState(master=master, inner_state=inner_state)
+
+    def same_layout(state: Any, params: Any) -> Any:
+        del params
+        return state
+
+    return optax.GradientTransformationExtraArgs(
+        init_fn, FusedUpdate(update_fn, apply_fn, same_layout, same_layout)
+    )

@@ -288,8 +288,11 @@ def test_chain_without_a_fused_step_is_optax_chain() -> None:
     assert not hasattr(clipped_then_fused.update, "apply")  # optax.scale has no factor
 
 
-def test_master_weights_use_the_fused_step_and_equal_the_chain() -> None:
-    """bf16 parameters, fp32 master: the fused step updates the master in one pass."""
+@pytest.mark.parametrize("grad_dtype", [jnp.float32, jnp.bfloat16])
+def test_master_weights_use_the_fused_step_and_equal_the_chain(grad_dtype: object) -> None:
+    """bf16 parameters, fp32 master: the kernel updates the master (in one pass with fp32
+    gradients, through the protocol with bf16 ones, which must be cast first); same numbers
+    as the chain either way."""
     params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _tree(0))
 
     def run(fused: bool) -> tuple:
@@ -297,7 +300,7 @@ def test_master_weights_use_the_fused_step_and_equal_the_chain() -> None:
         step = jax.jit(lambda p, s, g: apply_gradients(tx, g, s, p))
         p, s = params, tx.init(params)
         for i in range(20):
-            grads = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _tree(100 + i, 0.1))
+            grads = jax.tree.map(lambda x: x.astype(grad_dtype), _tree(100 + i, 0.1))
             p, s = step(p, s, grads)
         hlo = step.lower(p, s, grads).as_text()
         return p, s, "scirs2_adam_step" in hlo
