@@ -271,16 +271,33 @@ Hyper ReadHyper(const ffi::Buffer<ffi::F32>& hyper) {
   return h;
 }
 
-ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                        ffi::RemainingRets rets, bool apply, bool grouped) {
-  if (hyper.element_count() != 11) {
-    return ffi::Error::InvalidArgument("scirs2_adam_step: hyper must hold 11 floats");
+struct Prepared {
+  std::vector<Leaf> leaves;
+  std::vector<Chunk> chunks;
+  Hyper hyper;
+};
+
+// What both handlers start from: the hyperparameters, the leaves and the work split.
+ffi::ErrorOr<Prepared> Prepare(const ffi::Buffer<ffi::F32>& hyper, ffi::RemainingArgs args,
+                               ffi::RemainingRets rets, bool apply, bool grouped) {
+  if (hyper.element_count() != sizeof(Hyper) / sizeof(float)) {
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("scirs2 kernels: hyper must hold 11 floats"));
   }
   auto decoded = DecodeLeaves(args, rets, apply, grouped);
-  if (decoded.has_error()) return decoded.error();
-  const std::vector<Leaf>& leaves = decoded.value();
-  const std::vector<Chunk> chunks = MakeChunks(leaves);
-  const Hyper h = ReadHyper(hyper);
+  if (decoded.has_error()) return ffi::Unexpected(decoded.error());
+  Prepared prepared{std::move(decoded.value()), {}, ReadHyper(hyper)};
+  prepared.chunks = MakeChunks(prepared.leaves);
+  return prepared;
+}
+
+ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
+                        ffi::RemainingRets rets, bool apply, bool grouped) {
+  auto prepared = Prepare(hyper, args, rets, apply, grouped);
+  if (prepared.has_error()) return prepared.error();
+  const std::vector<Leaf>& leaves = prepared.value().leaves;
+  const std::vector<Chunk>& chunks = prepared.value().chunks;
+  const Hyper& h = prepared.value().hyper;
   ParallelFor(pool, static_cast<int64_t>(chunks.size()), [&](int64_t k) {
     const Chunk& c = chunks[k];
     const Leaf& leaf = leaves[c.leaf];
@@ -293,14 +310,11 @@ ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::
 
 ffi::Error LambStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
                         ffi::RemainingRets rets, bool apply, bool grouped) {
-  if (hyper.element_count() != 11) {
-    return ffi::Error::InvalidArgument("scirs2_lamb_step: hyper must hold 11 floats");
-  }
-  auto decoded = DecodeLeaves(args, rets, apply, grouped);
-  if (decoded.has_error()) return decoded.error();
-  const std::vector<Leaf>& leaves = decoded.value();
-  const std::vector<Chunk> chunks = MakeChunks(leaves);
-  const Hyper h = ReadHyper(hyper);
+  auto prepared = Prepare(hyper, args, rets, apply, grouped);
+  if (prepared.has_error()) return prepared.error();
+  const std::vector<Leaf>& leaves = prepared.value().leaves;
+  const std::vector<Chunk>& chunks = prepared.value().chunks;
+  const Hyper& h = prepared.value().hyper;
   std::vector<double> sums(2 * chunks.size());
   ParallelFor(pool, static_cast<int64_t>(chunks.size()), [&](int64_t k) {
     const Chunk& c = chunks[k];
