@@ -346,20 +346,17 @@ ffi::Error LambStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Scirs2AdamStep, AdamStepImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<bool>("apply")
-                                  .Attr<bool>("grouped"));
+// Both handlers take the same operands and attributes.
+static auto StepBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .RemainingArgs()
+      .RemainingRets()
+      .Attr<bool>("apply")
+      .Attr<bool>("grouped");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Scirs2LambStep, LambStepImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<bool>("apply")
-                                  .Attr<bool>("grouped"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Scirs2AdamStep, AdamStepImpl, StepBinding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Scirs2LambStep, LambStepImpl, StepBinding());
