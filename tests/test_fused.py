@@ -330,12 +330,12 @@ def test_grouped_layout_equals_chain(name: str, path: str) -> None:
 
 
 def test_grouped_layout_has_few_arrays_and_round_trips() -> None:
-    shapes = {f"leaf_{i:03d}": (i % 7 + 1, 3) for i in range(130)}
+    shapes = {f"leaf_{i:03d}": (i % 7 + 1, 3) for i in range(520)}
     params = {k: jnp.ones(s, jnp.float32) for k, s in shapes.items()}
     tx = so.adamw(1e-3, fused=True, state_layout="grouped")
     state = tx.init(params)
     assert [x.shape for x in state[0].mu] == [
-        (sum((i % 7 + 1) * 3 for i in range(a, b)),) for a, b in [(0, 64), (64, 128), (128, 130)]
+        (sum((i % 7 + 1) * 3 for i in range(a, b)),) for a, b in [(0, 256), (256, 512), (512, 520)]
     ]
     assert len(jax.tree.leaves(state)) == 1 + 2 * 3  # count + 3 groups of mu and nu
     canonical = tx.update.to_canonical(state, params)

@@ -12,7 +12,13 @@ from scirs2_optim_jax.kernels.build import (
     kernels_available,
     load_kernels,
 )
-from scirs2_optim_jax.kernels.ops import GROUP_SIZE, fused_step, group_bounds, hyper_vector
+from scirs2_optim_jax.kernels.ops import (
+    GROUP_SIZE,
+    fused_step,
+    group_bounds,
+    hyper_vector,
+    sum_of_squares,
+)
 
 __all__ = [
     "ENV_CACHE_DIR",
@@ -25,4 +31,5 @@ __all__ = [
     "kernel_cache_dir",
     "kernels_available",
     "load_kernels",
+    "sum_of_squares",
 ]

@@ -53,7 +53,11 @@ FLAGS = (
     "-shared",
     "-fPIC",
 )
-TARGETS = {"scirs2_adam_step": "Scirs2AdamStep", "scirs2_lamb_step": "Scirs2LambStep"}
+TARGETS = {
+    "scirs2_adam_step": "Scirs2AdamStep",
+    "scirs2_lamb_step": "Scirs2LambStep",
+    "scirs2_sum_squares": "Scirs2SumSquares",
+}
 
 
 @dataclass(frozen=True)

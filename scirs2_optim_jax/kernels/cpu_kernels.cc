@@ -22,6 +22,8 @@
 //   u = (mu / c1) / (sqrt(nu / c2 + eps_root) + eps) [+ wd * p]
 //   AdamW: out = neg_lr * u (+ p when applied)
 //   LAMB:  out = neg_lr * (ratio * u) (+ p), ratio = |p| / |u| per leaf (1 if either is 0)
+//
+// A third handler, scirs2_sum_squares, sums the squares of each leaf (global-norm clipping).
 
 #include <algorithm>
 #include <atomic>
@@ -344,9 +346,65 @@ ffi::Error LambStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::
   return ffi::Error::Success();
 }
 
+// Sum of squares of each of n f32 leaves, for global-norm clipping: XLA:CPU reduces every
+// leaf in its own single-threaded loop (a tree of 10M parameters: 3.4 ms, where one read at
+// the measured bandwidth takes 1 ms). Here the leaves are split into the same chunks as the
+// steps and spread over the pool; each chunk sums float partials over short blocks into a
+// double, and the chunks of a leaf are added in order, so the result does not depend on
+// scheduling. Operands: the n leaves. Result: f32[n], the sums.
+ffi::Error SumSquaresImpl(ffi::ThreadPool pool, ffi::RemainingArgs args,
+                          ffi::Result<ffi::Buffer<ffi::F32>> sums_out) {
+  const size_t n = args.size();
+  if (sums_out->element_count() != n) {
+    return ffi::Error::InvalidArgument("scirs2 kernels: sum of squares needs f32[n] for n leaves");
+  }
+  std::vector<Leaf> leaves(n);
+  for (size_t i = 0; i < n; ++i) {
+    auto x = args.get<ffi::AnyBuffer>(i);
+    if (x.has_error() || x.value().element_type() != ffi::DataType::F32) {
+      return ffi::Error::InvalidArgument("scirs2 kernels: sum of squares takes f32 leaves");
+    }
+    leaves[i] = {nullptr, x.value().typed_data<float>(), nullptr, nullptr, nullptr,
+                 static_cast<int64_t>(x.value().element_count()), false};
+  }
+  const std::vector<Chunk> chunks = MakeChunks(leaves);
+  std::vector<double> partial(chunks.size());
+  ParallelFor(pool, static_cast<int64_t>(chunks.size()), [&](int64_t k) {
+    const Chunk& c = chunks[k];
+    const float* __restrict x = leaves[c.leaf].g;
+    // 32 independent float lanes (four vector accumulators), so the adds do not wait on
+    // one another; every 1024 elements the lanes are added into a double.
+    constexpr int64_t kLanes = 32, kBlock = 1024;
+    double total = 0.0;
+    int64_t i = c.begin;
+    for (; i + kBlock <= c.end; i += kBlock) {
+      float lanes[kLanes] = {};
+      for (int64_t j = 0; j < kBlock; j += kLanes) {
+        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += x[i + j + l] * x[i + j + l];
+      }
+      float block = 0.0f;
+      for (int64_t l = 0; l < kLanes; ++l) block += lanes[l];
+      total += block;
+    }
+    for (; i < c.end; ++i) total += static_cast<double>(x[i]) * x[i];
+    partial[k] = total;
+  });
+  std::vector<double> per_leaf(n, 0.0);
+  for (size_t k = 0; k < chunks.size(); ++k) per_leaf[chunks[k].leaf] += partial[k];
+  float* out = sums_out->typed_data();
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(per_leaf[i]);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
-// Both handlers take the same operands and attributes.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Scirs2SumSquares, SumSquaresImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .RemainingArgs()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+// Both step handlers take the same operands and attributes.
 static auto StepBinding() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::ThreadPool>()

@@ -4,7 +4,9 @@ Every call updates the moments in place (their outputs alias their inputs) and, 
 ``apply`` is set, the parameters too; with buffers donated by the caller's ``jit`` no copy
 is made. Leaves are passed in groups of at most :data:`GROUP_SIZE`: XLA's compile time grows
 faster than linearly with the operand count of one call (2,000 leaves in one call took
-minutes to compile here), while the per-call cost is a few microseconds.
+minutes to compile here; 256 take about 0.3 s), and separate calls cost more than their few
+microseconds of launch: config b of the benchmark (200 leaves) ran 0.5-1.6 ms faster in one
+call than in four calls of 64.
 
 The moments come in one of two layouts: one array per leaf (the tree layout, as the chained
 transforms keep them), or one flat buffer per group holding that group's leaves back to back
@@ -22,17 +24,17 @@ import numpy as np
 
 from scirs2_optim_jax.kernels.build import load_kernels
 
-__all__ = ["GROUP_SIZE", "fused_step", "group_bounds", "hyper_vector"]
+__all__ = ["GROUP_SIZE", "fused_step", "group_bounds", "hyper_vector", "sum_of_squares"]
 
-GROUP_SIZE = 64
+GROUP_SIZE = 256
 
 
 def group_bounds(num_leaves: int) -> list[tuple[int, int]]:
     """``[start, end)`` leaf ranges of the groups, in ``jax.tree.leaves`` order.
 
     Example:
-        >>> group_bounds(130)
-        [(0, 64), (64, 128), (128, 130)]
+        >>> group_bounds(520)
+        [(0, 256), (256, 512), (512, 520)]
     """
     return [(s, min(s + GROUP_SIZE, num_leaves)) for s in range(0, num_leaves, GROUP_SIZE)]
 
@@ -60,6 +62,62 @@ def hyper_vector(
     values = (neg_lr, b1, 1 - b1, b2, 1 - b2, eps, eps_root, weight_decay)
     values += (correction1, correction2, grad_scale)
     return jnp.stack([jnp.asarray(x).astype(jnp.float32) for x in values])
+
+
+def _require_kernels() -> None:
+    if load_kernels() is None:
+        raise RuntimeError(
+            "fused CPU kernels are not available (no C++ compiler, a failed build, or "
+            "SCIRS2_OPTIM_DISABLE_KERNELS set); see the log, or pass fused=False"
+        )
+
+
+@jax.custom_jvp
+def _sum_of_squares(leaves: tuple[jax.Array, ...]) -> jax.Array:
+    sums = []
+    for start, end in group_bounds(len(leaves)):
+        call = jax.ffi.ffi_call(
+            "scirs2_sum_squares",
+            jax.ShapeDtypeStruct((end - start,), jnp.float32),
+            vmap_method="sequential",
+        )
+        sums.append(call(*leaves[start:end]))
+    return jnp.concatenate(sums)
+
+
+@_sum_of_squares.defjvp
+def _sum_of_squares_jvp(
+    primals: tuple[tuple[jax.Array, ...]], tangents: tuple[tuple[jax.Array, ...]]
+) -> tuple[jax.Array, jax.Array]:
+    (leaves,), (dleaves,) = primals, tangents
+    # d/dx sum(x^2) = 2 sum(x dx), in XLA: only the forward value needs the kernel's speed.
+    slopes = [2 * jnp.vdot(x, dx) for x, dx in zip(leaves, dleaves, strict=True)]
+    return _sum_of_squares(leaves), jnp.stack(slopes).astype(jnp.float32)
+
+
+def sum_of_squares(leaves: Sequence[jax.Array]) -> jax.Array:
+    """``f32[n]``: the sum of squares of each float32 leaf, read once on all CPU threads.
+
+    Sums are accumulated in double within the kernel and rounded to float32 once; the result
+    does not depend on thread scheduling. Differentiable (the derivative runs in XLA).
+
+    Raises:
+        RuntimeError: the kernels are not available on this machine.
+        TypeError: a leaf is not float32.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from scirs2_optim_jax.kernels import kernels_available
+        >>> not kernels_available() or sum_of_squares([jnp.array([3.0, 4.0])]).tolist() == [25.0]
+        True
+    """
+    _require_kernels()
+    for i, x in enumerate(leaves):
+        if jnp.result_type(x) != jnp.float32:
+            raise TypeError(f"sum_of_squares: leaf {i} must be float32, got {jnp.result_type(x)}")
+    if not leaves:
+        return jnp.zeros([0], jnp.float32)
+    return _sum_of_squares(tuple(leaves))
 
 
 def fused_step(
@@ -92,11 +150,7 @@ def fused_step(
     Raises:
         RuntimeError: the kernels are not available on this machine.
     """
-    if load_kernels() is None:
-        raise RuntimeError(
-            "fused CPU kernels are not available (no C++ compiler, a failed build, or "
-            "SCIRS2_OPTIM_DISABLE_KERNELS set); see the log, or pass fused=False"
-        )
+    _require_kernels()
     target = {"adam": "scirs2_adam_step", "lamb": "scirs2_lamb_step"}[kind]
     outs: list[jax.Array] = []
     new_mu: list[jax.Array] = []

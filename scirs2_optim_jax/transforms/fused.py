@@ -38,6 +38,7 @@ __all__ = [
     "apply_gradients",
     "chain",
     "fused_adam_family",
+    "kernel_applies",
 ]
 
 
@@ -178,6 +179,47 @@ def _leaves_are_float32(*trees: Any) -> bool:
     )
 
 
+def kernel_applies(name: str, fused: bool | None, float32: bool, what: str) -> bool:
+    """Whether a transformation built with ``fused`` runs its CPU kernel on these leaves.
+
+    ``fused=None`` takes the kernel where it applies: float32 leaves (``float32``), JAX's
+    default backend the CPU with a single device, and the kernels built on this machine.
+    ``fused=True`` requires it: float32 leaves and the CPU backend, else an error naming
+    ``name`` and ``what`` the leaves are. ``fused=False`` never takes it.
+
+    Raises:
+        ValueError: ``fused=True`` with leaves that are not float32 or a non-CPU backend.
+        RuntimeError: ``fused=True`` and the kernels could not be built here.
+
+    Example:
+        >>> kernel_applies("adamw", False, True, "params")
+        False
+    """
+    if fused is False:
+        return False
+    if not float32:
+        if fused:
+            raise ValueError(
+                f"{name}: fused=True needs float32 {what}; "
+                "pass fused=None to fall back where they are not"
+            )
+        return False
+    if fused is None and (jax.default_backend() != "cpu" or jax.device_count() != 1):
+        return False
+    if fused and jax.default_backend() != "cpu":
+        raise ValueError(
+            f"{name}: fused=True runs on the CPU backend only, "
+            f"got {jax.default_backend()!r}; pass fused=None"
+        )
+    if load_kernels() is None:
+        if fused:
+            raise RuntimeError(
+                f"{name}: fused=True but the CPU kernels are not available; see the log"
+            )
+        return False
+    return True
+
+
 def _flat_groups(leaves: Sequence[jax.Array]) -> tuple[jax.Array, ...]:
     return tuple(
         jnp.concatenate([jnp.ravel(x) for x in leaves[start:end]])
@@ -282,27 +324,8 @@ def fused_adam_family(
     def use_kernel(params: Any, grads: Any, adam_state: Any) -> bool:
         if fused is False or params is None:
             return False
-        if not _leaves_are_float32(params, grads, adam_state.mu, adam_state.nu):
-            if fused:
-                raise ValueError(
-                    f"{name}: fused=True needs float32 params, grads and moments; "
-                    "pass fused=None to fall back where they are not"
-                )
-            return False
-        if fused is None and (jax.default_backend() != "cpu" or jax.device_count() != 1):
-            return False
-        if fused and jax.default_backend() != "cpu":
-            raise ValueError(
-                f"{name}: fused=True runs on the CPU backend only, "
-                f"got {jax.default_backend()!r}; pass fused=None"
-            )
-        if load_kernels() is None:
-            if fused:
-                raise RuntimeError(
-                    f"{name}: fused=True but the CPU kernels are not available; see the log"
-                )
-            return False
-        return True
+        float32 = _leaves_are_float32(params, grads, adam_state.mu, adam_state.nu)
+        return kernel_applies(name, fused, float32, "params, grads and moments")
 
     def step(
         grads: Any, state: tuple[Any, ...], params: Any, apply: bool, grad_scale: Any = 1.0
