@@ -430,6 +430,15 @@ def with_master_weights(
     ) -> tuple[Any, MasterWeightsState]:
         # apply_gradients' one-pass form: the parameters become the rounded master directly,
         # with no update tree to write out and add.
+        apply_master = getattr(inner.update, "apply_master", None)
+        if apply_master is not None and params is not None:
+            v.check_tree_matches(fn, updates, state.master, ref_name="master weights")
+            # A fused Adam reads the gradients as they are and writes the master, moments
+            # and bfloat16 parameters in one pass (bfloat16 parameters on the CPU).
+            done = apply_master(updates, state.inner_state, state.master, params)
+            if done is not None:
+                new_params, master, inner_state = done
+                return new_params, MasterWeightsState(master=master, inner_state=inner_state)
         master, inner_state = new_master(updates, state, params, {})
         new_params = jax.tree.map(
             lambda m, p: m.astype(p.dtype) if _is_floating(p) else p, master, params

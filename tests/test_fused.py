@@ -21,7 +21,7 @@ import pytest
 from helpers import decay_mask
 
 import scirs2_optim_jax as so
-from scirs2_optim_jax.kernels import kernels_available
+from scirs2_optim_jax.kernels import fused_step, hyper_vector, kernels_available
 from scirs2_optim_jax.transforms.fused import apply_gradients
 
 STEPS = 100
@@ -309,6 +309,9 @@ def test_master_weights_use_the_fused_step_and_equal_the_chain(grad_dtype: objec
     chain_p, chain_s, unused = run(False)
     assert used and not unused
     _assert_close(fused_s, chain_s, leaf_scaled=False)
+    # One pass: the kernel writes the bf16 parameters itself, rounded as XLA rounds them.
+    for p, m in zip(jax.tree.leaves(fused_p), jax.tree.leaves(fused_s.master), strict=True):
+        np.testing.assert_array_equal(np.asarray(p), np.asarray(m.astype(jnp.bfloat16)))
     # The bf16 parameters are the rounded masters: equal within one bf16 step of the masters'
     # own (1e-7) differences.
     for a, b in zip(jax.tree.leaves(fused_p), jax.tree.leaves(chain_p), strict=True):
@@ -389,3 +392,57 @@ def test_grouped_layout_errors() -> None:
     tx = so.adamw(1e-3, state_layout="grouped")
     with pytest.raises(ValueError, match=r"adamw: state_layout='grouped' needs float32 params"):
         tx.init({"w": jnp.ones(3, jnp.bfloat16)})
+
+
+def test_master_mode_rounds_like_xla() -> None:
+    """The bf16 parameters the kernel writes are XLA's float32 -> bfloat16 conversion of the
+    new master: ties to even, overflow to infinity, NaN kept, subnormals kept."""
+    one = 1.0
+    specials = [one + 2**-8, one + 3 * 2**-8, -(one + 2**-8), 3.4028235e38, -3.39e38]
+    specials += [np.inf, -np.inf, np.nan, 1e-40, -1e-45, 0.0, -0.0]
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [np.array(specials, np.float32), rng.standard_normal(5000).astype(np.float32) * 1e3]
+    )
+    master = jnp.asarray(values)
+    zeros = jnp.zeros_like(master)
+    hyper = hyper_vector(0.0, 0.9, 0.999, 1e-8, 0.0, 0.0, 1.0, 1.0)  # lr 0: master unchanged
+
+    @jax.jit
+    def run(master: jax.Array, low: jax.Array) -> tuple:
+        outs, _, _, new_low = fused_step(
+            "adam",
+            hyper,
+            [master],
+            [zeros.astype(jnp.bfloat16)],
+            [zeros],
+            [zeros],
+            apply=True,
+            decay=[False],
+            low_params=[low],
+        )
+        return outs[0], new_low[0]
+
+    new_master, low = run(master, jnp.zeros(values.shape, jnp.bfloat16))
+    # XLA:CPU flushes subnormals to zero and -0 + 0 is +0, so the master is compared where
+    # it is normal; the rounding is compared against the master the kernel wrote.
+    normal = np.isinf(values) | (np.abs(values) >= np.finfo(np.float32).tiny)
+    np.testing.assert_array_equal(np.asarray(new_master)[normal], values[normal])
+    want = np.asarray(new_master.astype(jnp.bfloat16))
+    got = np.asarray(low)
+    nan = np.isnan(values)
+    assert np.isnan(got[nan].astype(np.float32)).all()
+    np.testing.assert_array_equal(got[~nan].view(np.uint16), want[~nan].view(np.uint16))
+    assert got[0] == 1.0 and got[1] == 1 + 2**-6 and got[3] == np.inf  # ties to even; overflow
+    with pytest.raises(ValueError, match=r"low_params needs kind='adam' and apply=True"):
+        fused_step(
+            "lamb",
+            hyper,
+            [master],
+            [zeros],
+            [zeros],
+            [zeros],
+            apply=True,
+            decay=[False],
+            low_params=[low],
+        )

@@ -153,8 +153,9 @@ ADAMW = {"learning_rate": 1e-3, "weight_decay": 1e-4}
 # direction before any parameter can move, so at least a second pass over params and moments.
 ADAMW_BYTES = 28
 # Ours keeps Adam's moments in the grouped layout (one flat buffer per group of leaves) on
-# the CPU, where the fused kernels run; the accelerator config and the bf16 config (whose
-# gradients are cast to float32 on the way in, so it stays on the chain) keep the tree layout.
+# the CPU, where the fused kernels run (the bf16 config too: its kernel reads the bf16
+# gradients and writes the bf16 parameters itself); the accelerator config keeps the tree
+# layout.
 GROUPED = "grouped"
 CLIP_ADAMW_BYTES = 32
 LAMB_BYTES = 40
@@ -226,7 +227,7 @@ def _configs() -> dict[str, BenchConfig]:
             "g",
             "adamw, bf16 params, fp32 master weights + moments, 200 leaves",
             _list_tree(200),
-            lambda: precision.with_master_weights(optimizers.adamw(**ADAMW)),
+            lambda: precision.with_master_weights(optimizers.adamw(**ADAMW, state_layout=GROUPED)),
             lambda: optax.adamw(**ADAMW),
             # read bf16 grads (2), master, mu, nu (12); write master, mu, nu (12), bf16 params (2)
             ADAMW_BYTES,

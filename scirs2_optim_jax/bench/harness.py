@@ -9,8 +9,9 @@ measures compile time separately, then times the median of ``repeats`` steps aft
 with ``block_until_ready``. Next to them it times a donated, jitted streaming kernel over an
 array as large as the step's working set (parameters, gradients and two moments), which
 gives the bandwidth this machine sustains right now; the bound is the bytes the step must
-move divided by that bandwidth. Ours, optax's and the streaming kernel take turns, one timed
-run each per round, so drift in the machine's load hits all three equally.
+move divided by that bandwidth. Ours, optax's, the streaming kernel and (configs a-c, with
+torch installed) PyTorch's fused AdamW take turns, one timed run each per round, so drift in
+the machine's load hits them all equally.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from scirs2_optim_jax.bench.configs import CONFIGS, BenchConfig
 from scirs2_optim_jax.transforms.fused import apply_gradients
 
 __all__ = ["BenchResult", "measure_bandwidth", "run_config", "run_configs"]
+
+_TORCH_SETTLE_S = 0.05
 
 
 @dataclasses.dataclass
@@ -147,8 +150,8 @@ def measure_bandwidth(num_elements: int, repeats: int = 7) -> float:
     return 8 * num_elements / statistics.median(times) / 1e9
 
 
-def _torch_adamw_ms(params: Any, repeats: int) -> float | None:
-    """Median step time of PyTorch's fused AdamW on the same shapes, if torch is installed."""
+def _torch_adamw_step(params: Any) -> Callable[[], None] | None:
+    """One step of PyTorch's fused AdamW on the same shapes (warmed up), if torch is here."""
     try:
         import torch
     except ImportError:
@@ -164,12 +167,7 @@ def _torch_adamw_ms(params: Any, repeats: int) -> float | None:
     except (RuntimeError, TypeError):
         return None
     opt.step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return opt.step
 
 
 def run_config(config: BenchConfig, repeats: int = 7, torch: bool = True) -> BenchResult:
@@ -195,7 +193,9 @@ def run_config(config: BenchConfig, repeats: int = 7, torch: bool = True) -> Ben
     # The streaming kernel runs over the step's working set (params, grads and two fp32
     # moments) in the same rotation, so the bound sees the same machine load as the steps.
     stream, stream_buffer = _streaming_kernel(4 * num_params)
-    ours_times, optax_times, stream_times = [], [], []
+    # PyTorch's fused AdamW (a-c) takes its turn in the same rounds.
+    torch_step = _torch_adamw_step(params) if torch and config.name in ("a", "b", "c") else None
+    ours_times, optax_times, stream_times, torch_times = [], [], [], []
     for _ in range(repeats):
         start = time.perf_counter()
         ours_carry = jax.block_until_ready(ours_fn(ours_carry, grads))
@@ -206,7 +206,14 @@ def run_config(config: BenchConfig, repeats: int = 7, torch: bool = True) -> Ben
         start = time.perf_counter()
         stream_buffer = jax.block_until_ready(stream(stream_buffer))
         stream_times.append(time.perf_counter() - start)
-    del optax_carry, stream_buffer
+        if torch_step is not None:
+            start = time.perf_counter()
+            torch_step()
+            torch_times.append(time.perf_counter() - start)
+            # PyTorch's OpenMP threads spin for a while after a parallel region; left
+            # spinning they take cores from the next round's steps (a: 7.7 -> 11 ms here).
+            time.sleep(_TORCH_SETTLE_S)
+    del optax_carry, stream_buffer, torch_step
     protocol_ms = None
     if has_fused_apply:
         # The same optimizer through the optax protocol (what nnx.Optimizer and TrainState
@@ -224,9 +231,7 @@ def run_config(config: BenchConfig, repeats: int = 7, torch: bool = True) -> Ben
 
     bandwidth = 8 * 4 * num_params / statistics.median(stream_times) / 1e9
     bound_ms = config.bytes_per_param * num_params / (bandwidth * 1e9) * 1e3
-    torch_ms = None
-    if torch and config.name in ("a", "b", "c"):
-        torch_ms = _torch_adamw_ms(params, repeats)
+    torch_ms = statistics.median(torch_times) * 1e3 if torch_times else None
     return BenchResult(
         config=config.name,
         description=config.description,

@@ -12,6 +12,11 @@
 // outputs are the new parameters (attribute apply=true) or the updates that optax's
 // apply_updates adds to the parameters (apply=false).
 //
+// Master weights (Adam only, attribute master=true, with apply=true): the params are the f32
+// master copy, and n bfloat16 parameters follow the moments as operands and results; each
+// is set to its new master value rounded to bfloat16 (to nearest even) in the same pass.
+// Gradients may be f32 or bfloat16, leaf by leaf, in either mode.
+//
 // hyper = [neg_lr, b1, 1 - b1, b2, 1 - b2, eps, eps_root, weight_decay, correction1,
 //          correction2, grad_scale]; 1 - b is passed rather than computed here so that it is
 //          rounded to float32 exactly as the XLA path rounds it. grad_scale multiplies every
@@ -49,13 +54,33 @@ struct Hyper {
 
 struct Leaf {
   const float* p_in;
-  const float* g;
+  const void* g;  // float, or bfloat16 bits when g_bf16
   float* mu;
   float* nu;
   float* out;
   int64_t size;
   bool decay;
+  bool g_bf16;
+  uint16_t* low;  // master mode: the bfloat16 parameters, set to the rounded new master
 };
+
+inline float Load(float x) { return x; }
+
+inline float Load(uint16_t bf16) {
+  const uint32_t bits = static_cast<uint32_t>(bf16) << 16;
+  float x;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+// float -> bfloat16, rounding to nearest even as XLA's convert does; NaN stays a quiet NaN.
+inline uint16_t ToBf16(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+  return static_cast<uint16_t>(nan ? ((bits >> 16) | 0x0040u) : rounded);
+}
 
 struct Chunk {
   int64_t leaf;
@@ -99,16 +124,17 @@ inline float Direction(float m, float n, const Hyper& h) {
 // In apply mode `out` is the parameter buffer itself (DecodeLeaves makes it so) and the
 // parameters are read through it, so every pointer below can be restrict: the loops
 // vectorise without runtime alias checks.
-template <bool kDecay, bool kApply>
+template <bool kDecay, bool kApply, typename G, bool kLow>
 void AdamChunk(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h) {
-  const float* __restrict g = leaf.g;
+  const G* __restrict g = static_cast<const G*>(leaf.g);
   float* __restrict mu = leaf.mu;
   float* __restrict nu = leaf.nu;
   float* __restrict out = leaf.out;
   const float* __restrict p = leaf.p_in;  // read only in update mode
+  uint16_t* __restrict low = leaf.low;    // written only in master mode
   const float a1 = h.a1, a2 = h.a2;
   for (int64_t i = begin; i < end; ++i) {
-    const float gi = h.gs * g[i];
+    const float gi = h.gs * Load(g[i]);
     const float pi = kApply ? out[i] : p[i];
     const float m = a1 * gi + h.b1 * mu[i];
     const float n = a2 * (gi * gi) + h.b2 * nu[i];
@@ -117,15 +143,34 @@ void AdamChunk(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h) {
     float u = Direction(m, n, h);
     if (kDecay) u = u + h.wd * pi;
     const float step = h.neg_lr * u;
-    out[i] = kApply ? pi + step : step;
+    const float result = kApply ? pi + step : step;
+    out[i] = result;
+    if (kLow) low[i] = ToBf16(result);
   }
 }
 
+using AdamKernel = void (*)(const Leaf&, int64_t, int64_t, const Hyper&);
+
+template <typename G, bool kLow>
+AdamKernel PickAdam(bool decay, bool apply) {
+  if (apply) return decay ? AdamChunk<true, true, G, kLow> : AdamChunk<false, true, G, kLow>;
+  return decay ? AdamChunk<true, false, G, false> : AdamChunk<false, false, G, false>;
+}
+
+AdamKernel PickAdam(const Leaf& leaf, bool apply) {
+  if (leaf.low != nullptr) {
+    return leaf.g_bf16 ? PickAdam<uint16_t, true>(leaf.decay, apply)
+                       : PickAdam<float, true>(leaf.decay, apply);
+  }
+  return leaf.g_bf16 ? PickAdam<uint16_t, false>(leaf.decay, apply)
+                     : PickAdam<float, false>(leaf.decay, apply);
+}
+
 // LAMB, first pass: moments, and the sums of p^2 and u^2 over the chunk.
-template <bool kDecay>
+template <bool kDecay, typename G>
 void LambNorms(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h, double* sums) {
   const float* __restrict p = leaf.p_in;
-  const float* __restrict g = leaf.g;
+  const G* __restrict g = static_cast<const G*>(leaf.g);
   float* __restrict mu = leaf.mu;
   float* __restrict nu = leaf.nu;
   const float a1 = h.a1, a2 = h.a2;
@@ -138,7 +183,7 @@ void LambNorms(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h, dou
     uu = 0.0f;
 #pragma omp simd reduction(+ : pp, uu)
     for (int64_t i = s; i < e; ++i) {
-      const float gi = h.gs * g[i];
+      const float gi = h.gs * Load(g[i]);
       const float pi = p[i];
       const float m = a1 * gi + h.b1 * mu[i];
       const float n = a2 * (gi * gi) + h.b2 * nu[i];
@@ -174,18 +219,25 @@ void LambApply(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h, flo
 
 // Decodes the operands into leaves. Moments (and, in apply mode, parameters) whose output
 // XLA did not alias to the input are copied to the output first, then updated there.
+// In master mode the n bfloat16 parameters follow the moments, as operands and as results.
 ffi::ErrorOr<std::vector<Leaf>> DecodeLeaves(ffi::RemainingArgs args, ffi::RemainingRets rets,
-                                            bool apply, bool grouped) {
+                                            bool apply, bool grouped, bool master) {
   const size_t total = args.size();
+  const size_t extra = master ? 1 : 0;
   size_t n = 0;
-  if (grouped && total >= 3) n = (total - 3) / 2;
-  if (!grouped && total >= 1) n = (total - 1) / 4;
-  const bool counts_ok = grouped ? (total == 2 * n + 3 && rets.size() == n + 2)
-                                 : (total == 4 * n + 1 && rets.size() == 3 * n);
-  if (!counts_ok) {
+  if (grouped && total >= 3) n = (total - 3) / (2 + extra);
+  if (!grouped && total >= 1) n = (total - 1) / (4 + extra);
+  const bool counts_ok = grouped
+                             ? (total == (2 + extra) * n + 3 && rets.size() == (1 + extra) * n + 2)
+                             : (total == (4 + extra) * n + 1 && rets.size() == (3 + extra) * n);
+  if (!counts_ok || (master && !apply)) {
     return ffi::Unexpected(ffi::Error::InvalidArgument(
-        "scirs2 kernels: operands must be flags, n params, n grads and the moments"));
+        "scirs2 kernels: operands must be flags, n params, n grads and the moments "
+        "(then n bf16 params with master=true, which needs apply=true)"));
   }
+  // Where the bf16 parameters start among the operands and among the results.
+  const size_t low_arg = grouped ? 2 * n + 3 : 4 * n + 1;
+  const size_t low_ret = grouped ? n + 2 : 3 * n;
   auto flags_or = args.get<ffi::AnyBuffer>(0);
   if (flags_or.has_error() || flags_or.value().element_type() != ffi::DataType::U8 ||
       flags_or.value().element_count() != n) {
@@ -193,6 +245,7 @@ ffi::ErrorOr<std::vector<Leaf>> DecodeLeaves(ffi::RemainingArgs args, ffi::Remai
   }
   const uint8_t* flags = flags_or.value().typed_data<uint8_t>();
   auto f32 = [](const ffi::AnyBuffer& b) { return b.element_type() == ffi::DataType::F32; };
+  auto bf16 = [](const ffi::AnyBuffer& b) { return b.element_type() == ffi::DataType::BF16; };
   float* mu_flat = nullptr;
   float* nu_flat = nullptr;
   int64_t flat_size = 0;
@@ -219,9 +272,19 @@ ffi::ErrorOr<std::vector<Leaf>> DecodeLeaves(ffi::RemainingArgs args, ffi::Remai
     ffi::AnyBuffer p = args.get<ffi::AnyBuffer>(1 + i).value();
     ffi::AnyBuffer g = args.get<ffi::AnyBuffer>(1 + n + i).value();
     const int64_t size = static_cast<int64_t>(p.element_count());
-    if (!f32(p) || !f32(g) || static_cast<int64_t>(g.element_count()) != size) {
+    if (!f32(p) || !(f32(g) || bf16(g)) || static_cast<int64_t>(g.element_count()) != size) {
       return ffi::Unexpected(ffi::Error::InvalidArgument(
-          "scirs2 kernels: params and grads of a leaf must be f32 of the same size"));
+          "scirs2 kernels: params (f32) and grads (f32 or bf16) of a leaf must be the same size"));
+    }
+    uint16_t* low = nullptr;
+    if (master) {
+      ffi::AnyBuffer low_in = args.get<ffi::AnyBuffer>(low_arg + i).value();
+      if (!bf16(low_in) || static_cast<int64_t>(low_in.element_count()) != size) {
+        return ffi::Unexpected(ffi::Error::InvalidArgument(
+            "scirs2 kernels: master=true needs bf16 params of the master's size"));
+      }
+      // Every element is written, so an unaliased output needs no copy of the input.
+      low = static_cast<uint16_t*>(rets.get<ffi::AnyBuffer>(low_ret + i).value()->untyped_data());
     }
     float* mu = nullptr;
     float* nu = nullptr;
@@ -248,7 +311,8 @@ ffi::ErrorOr<std::vector<Leaf>> DecodeLeaves(ffi::RemainingArgs args, ffi::Remai
       std::memcpy(params_out, params_in, 4 * size);  // then update in place
       params_in = params_out;
     }
-    leaves[i] = {params_in, g.typed_data<float>(), mu, nu, params_out, size, flags[i] != 0};
+    leaves[i] = {params_in, g.untyped_data(), mu,  nu,
+                 params_out, size,            flags[i] != 0, bf16(g), low};
   }
   if (grouped && offset != flat_size) {
     return ffi::Unexpected(ffi::Error::InvalidArgument(
@@ -281,12 +345,12 @@ struct Prepared {
 
 // What both handlers start from: the hyperparameters, the leaves and the work split.
 ffi::ErrorOr<Prepared> Prepare(const ffi::Buffer<ffi::F32>& hyper, ffi::RemainingArgs args,
-                               ffi::RemainingRets rets, bool apply, bool grouped) {
+                               ffi::RemainingRets rets, bool apply, bool grouped, bool master) {
   if (hyper.element_count() != sizeof(Hyper) / sizeof(float)) {
     return ffi::Unexpected(
         ffi::Error::InvalidArgument("scirs2 kernels: hyper must hold 11 floats"));
   }
-  auto decoded = DecodeLeaves(args, rets, apply, grouped);
+  auto decoded = DecodeLeaves(args, rets, apply, grouped, master);
   if (decoded.has_error()) return ffi::Unexpected(decoded.error());
   Prepared prepared{std::move(decoded.value()), {}, ReadHyper(hyper)};
   prepared.chunks = MakeChunks(prepared.leaves);
@@ -294,8 +358,8 @@ ffi::ErrorOr<Prepared> Prepare(const ffi::Buffer<ffi::F32>& hyper, ffi::Remainin
 }
 
 ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                        ffi::RemainingRets rets, bool apply, bool grouped) {
-  auto prepared = Prepare(hyper, args, rets, apply, grouped);
+                        ffi::RemainingRets rets, bool apply, bool grouped, bool master) {
+  auto prepared = Prepare(hyper, args, rets, apply, grouped, master);
   if (prepared.has_error()) return prepared.error();
   const std::vector<Leaf>& leaves = prepared.value().leaves;
   const std::vector<Chunk>& chunks = prepared.value().chunks;
@@ -303,16 +367,15 @@ ffi::Error AdamStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::
   ParallelFor(pool, static_cast<int64_t>(chunks.size()), [&](int64_t k) {
     const Chunk& c = chunks[k];
     const Leaf& leaf = leaves[c.leaf];
-    auto kernel = apply ? (leaf.decay ? AdamChunk<true, true> : AdamChunk<false, true>)
-                        : (leaf.decay ? AdamChunk<true, false> : AdamChunk<false, false>);
-    kernel(leaf, c.begin, c.end, h);
+    PickAdam(leaf, apply)(leaf, c.begin, c.end, h);
   });
   return ffi::Error::Success();
 }
 
 ffi::Error LambStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
-                        ffi::RemainingRets rets, bool apply, bool grouped) {
-  auto prepared = Prepare(hyper, args, rets, apply, grouped);
+                        ffi::RemainingRets rets, bool apply, bool grouped, bool master) {
+  if (master) return ffi::Error::InvalidArgument("scirs2 kernels: LAMB has no master=true mode");
+  auto prepared = Prepare(hyper, args, rets, apply, grouped, false);
   if (prepared.has_error()) return prepared.error();
   const std::vector<Leaf>& leaves = prepared.value().leaves;
   const std::vector<Chunk>& chunks = prepared.value().chunks;
@@ -321,7 +384,8 @@ ffi::Error LambStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::
   ParallelFor(pool, static_cast<int64_t>(chunks.size()), [&](int64_t k) {
     const Chunk& c = chunks[k];
     const Leaf& leaf = leaves[c.leaf];
-    auto norms = leaf.decay ? LambNorms<true> : LambNorms<false>;
+    auto norms = leaf.g_bf16 ? (leaf.decay ? LambNorms<true, uint16_t> : LambNorms<false, uint16_t>)
+                             : (leaf.decay ? LambNorms<true, float> : LambNorms<false, float>);
     norms(leaf, c.begin, c.end, h, &sums[2 * k]);
   });
   // Per-leaf norms, summed in chunk order so the result does not depend on scheduling.
@@ -371,7 +435,7 @@ ffi::Error SumSquaresImpl(ffi::ThreadPool pool, ffi::RemainingArgs args,
   std::vector<double> partial(chunks.size());
   ParallelFor(pool, static_cast<int64_t>(chunks.size()), [&](int64_t k) {
     const Chunk& c = chunks[k];
-    const float* __restrict x = leaves[c.leaf].g;
+    const float* __restrict x = static_cast<const float*>(leaves[c.leaf].g);
     // 32 independent float lanes (four vector accumulators), so the adds do not wait on
     // one another; every 1024 elements the lanes are added into a double.
     constexpr int64_t kLanes = 32, kBlock = 1024;
@@ -412,7 +476,8 @@ static auto StepBinding() {
       .RemainingArgs()
       .RemainingRets()
       .Attr<bool>("apply")
-      .Attr<bool>("grouped");
+      .Attr<bool>("grouped")
+      .Attr<bool>("master");
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Scirs2AdamStep, AdamStepImpl, StepBinding());

@@ -131,47 +131,64 @@ def fused_step(
     apply: bool,
     decay: Sequence[bool],
     grouped: bool = False,
-) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
+    low_params: Sequence[jax.Array] | None = None,
+) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array], list[jax.Array]]:
     """One Adam (``kind="adam"``) or LAMB (``kind="lamb"``) step over float32 leaves.
 
     Args:
         kind: ``"adam"`` (Adam/AdamW) or ``"lamb"`` (per-leaf trust ratio).
         hyper: from :func:`hyper_vector`.
-        params, grads: float32 leaves, equal shapes leaf by leaf.
+        params, grads: float32 parameters; float32 or bfloat16 gradients, equal shapes leaf
+            by leaf.
         mu, nu: the moments: one float32 array per leaf, or with ``grouped`` one flat buffer
             per group of :func:`group_bounds`.
         apply: return new parameters (True) or optax updates (False).
         decay: per leaf, whether ``weight_decay * params`` joins its direction.
         grouped: the layout of ``mu`` and ``nu``.
+        low_params: master-weights mode (``kind="adam"``, ``apply``): bfloat16 parameters
+            of which ``params`` is the float32 master copy; each comes back as its new master
+            rounded to bfloat16, written in the same pass.
 
     Returns:
-        ``(outputs, mu, nu)``: new parameters or updates, and the new moments (same layout).
+        ``(outputs, mu, nu, low)``: new parameters or updates, the new moments (same layout)
+        and the new bfloat16 parameters (empty without ``low_params``).
 
     Raises:
         RuntimeError: the kernels are not available on this machine.
     """
     _require_kernels()
+    master = low_params is not None
+    if master and (kind != "adam" or not apply):
+        raise ValueError("fused_step: low_params needs kind='adam' and apply=True")
     target = {"adam": "scirs2_adam_step", "lamb": "scirs2_lamb_step"}[kind]
     outs: list[jax.Array] = []
     new_mu: list[jax.Array] = []
     new_nu: list[jax.Array] = []
+    new_low: list[jax.Array] = []
     for index, (start, end) in enumerate(group_bounds(len(params))):
         p, g = list(params[start:end]), list(grads[start:end])
+        low = list(low_params[start:end]) if master else []
         count = end - start
         flags = jnp.asarray(np.array(decay[start:end], np.uint8))
         moments = [mu[index], nu[index]] if grouped else [*mu[start:end], *nu[start:end]]
         shapes = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in p + moments]
-        # Operands: hyper, flags, params, grads, moments. Results: outputs, moments.
+        shapes += [jax.ShapeDtypeStruct(x.shape, jnp.bfloat16) for x in low]
+        # Operands: hyper, flags, params, grads, moments, low. Results: outputs, moments, low.
         first_moment = 2 + 2 * count
         aliases = {first_moment + i: count + i for i in range(len(moments))}
+        first_low = first_moment + len(moments)
+        aliases.update({first_low + i: count + len(moments) + i for i in range(len(low))})
         if apply:
             aliases.update({2 + i: i for i in range(count)})
         call = jax.ffi.ffi_call(
             target, shapes, input_output_aliases=aliases, vmap_method="sequential"
         )
-        results = call(hyper, flags, *p, *g, *moments, apply=apply, grouped=grouped)
+        results = call(
+            hyper, flags, *p, *g, *moments, *low, apply=apply, grouped=grouped, master=master
+        )
         outs += results[:count]
         half = len(moments) // 2
         new_mu += results[count : count + half]
-        new_nu += results[count + half :]
-    return outs, new_mu, new_nu
+        new_nu += results[count + half : count + len(moments)]
+        new_low += results[count + len(moments) :]
+    return outs, new_mu, new_nu, new_low

@@ -66,6 +66,11 @@ class FusedUpdate:
     ``to_canonical(state, params)`` and ``from_canonical(state, params)`` convert the state
     to and from the chain's own state (the canonical layout that checkpoints store); with the
     tree layout both return the state unchanged.
+
+    ``apply_master(grads, state, master, params)``, where given (Adam and AdamW), is the
+    step of :func:`~scirs2_optim_jax.precision.with_master_weights` in one pass: ``master``
+    is the float32 copy of the bfloat16 ``params``, and it returns ``(new_params,
+    new_master, new_state)``, or None where that pass does not apply to these trees.
     """
 
     def __init__(
@@ -74,11 +79,13 @@ class FusedUpdate:
         apply: Callable[..., tuple[Any, Any]],
         to_canonical: Callable[[Any, Any], Any],
         from_canonical: Callable[[Any, Any], Any],
+        apply_master: Callable[..., Any] | None = None,
     ) -> None:
         self._update = update
         self.apply = apply
         self.to_canonical = to_canonical
         self.from_canonical = from_canonical
+        self.apply_master = apply_master
 
     def __call__(
         self, updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra: Any
@@ -328,8 +335,13 @@ def fused_adam_family(
         return kernel_applies(name, fused, float32, "params, grads and moments")
 
     def step(
-        grads: Any, state: tuple[Any, ...], params: Any, apply: bool, grad_scale: Any = 1.0
-    ) -> tuple[Any, Any]:
+        grads: Any,
+        state: tuple[Any, ...],
+        params: Any,
+        apply: bool,
+        grad_scale: Any = 1.0,
+        low_params: Any = None,
+    ) -> tuple[Any, Any, Any]:
         adam_state = state[0]
         v.check_tree_matches(name, grads, params, ref_name="params")
         if not grouped:
@@ -359,8 +371,18 @@ def fused_adam_family(
             mu, nu = list(adam_state.mu), list(adam_state.nu)
         else:
             mu, nu = treedef.flatten_up_to(adam_state.mu), treedef.flatten_up_to(adam_state.nu)
-        outs, new_mu, new_nu = fused_step(
-            kind, hyper, param_leaves, leaves, mu, nu, apply=apply, decay=decays, grouped=grouped
+        low = None if low_params is None else treedef.flatten_up_to(low_params)
+        outs, new_mu, new_nu, new_low = fused_step(
+            kind,
+            hyper,
+            param_leaves,
+            leaves,
+            mu,
+            nu,
+            apply=apply,
+            decay=decays,
+            grouped=grouped,
+            low_params=low,
         )
         if grouped:
             new_state[0] = GroupedAdamState(count=count, mu=tuple(new_mu), nu=tuple(new_nu))
@@ -368,7 +390,8 @@ def fused_adam_family(
             new_state[0] = ScaleByAdamState(
                 count=count, mu=treedef.unflatten(new_mu), nu=treedef.unflatten(new_nu)
             )
-        return treedef.unflatten(outs), tuple(new_state)
+        new_low_tree = None if low_params is None else treedef.unflatten(new_low)
+        return treedef.unflatten(outs), tuple(new_state), new_low_tree
 
     def chain_update(grads: Any, state: tuple[Any, ...], params: Any) -> tuple[Any, Any]:
         if not grouped:
@@ -385,7 +408,7 @@ def fused_adam_family(
         # docs/benchmarks.md), so only fused=True takes it here.
         if fused is not True or not use_kernel(params, grads, state[0]):
             return chain_update(grads, state, params)
-        return step(grads, state, params, apply=False)
+        return step(grads, state, params, apply=False)[:2]
 
     def apply(grads: Any, state: Any, params: Any, grad_scale: Any = None) -> tuple[Any, Any]:
         if not use_kernel(params, grads, state[0]):
@@ -395,8 +418,29 @@ def fused_adam_family(
             return optax.apply_updates(params, updates), state
         return step(
             grads, state, params, apply=True, grad_scale=1.0 if grad_scale is None else grad_scale
-        )
+        )[:2]
+
+    def apply_master(grads: Any, state: Any, master: Any, params: Any) -> Any:
+        # bfloat16 parameters with this optimizer on their float32 master copy: gradients
+        # read as they are (float32 or bfloat16), the master, moments and parameters written
+        # in one pass. None where that pass does not apply; the caller then takes its own.
+        if kind != "adam" or fused is False:
+            return None
+        low_leaves = jax.tree.leaves(params)
+        grad_leaves = jax.tree.leaves(grads)
+        if (
+            not low_leaves
+            or any(jnp.result_type(x) != jnp.bfloat16 for x in low_leaves)
+            or any(jnp.result_type(g) not in (jnp.float32, jnp.bfloat16) for g in grad_leaves)
+            or not _leaves_are_float32(master, state[0].mu, state[0].nu)
+        ):
+            return None
+        if not kernel_applies(name, fused, True, "master weights and moments"):
+            return None
+        v.check_tree_matches(name, params, master, tree_name="params", ref_name="master")
+        new_master, new_state, new_params = step(grads, state, master, True, low_params=params)
+        return new_params, new_master, new_state
 
     return optax.GradientTransformationExtraArgs(
-        init, FusedUpdate(update, apply, to_canonical, from_canonical)
+        init, FusedUpdate(update, apply, to_canonical, from_canonical, apply_master)
     )
