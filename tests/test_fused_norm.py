@@ -32,7 +32,7 @@ def _float64_sums(leaves: list[jax.Array]) -> np.ndarray:
 
 
 # Scalars, an empty leaf, odd sizes, and one leaf split into many chunks across threads.
-SHAPES = [(), (0,), (7,), (13, 29), (3, 4, 5, 6), (300_001,), (1,)]
+SHAPES = [(), (0,), (7,), (13, 29), (3, 4, 5, 6), (300_001,), (1,), (1_500_007,)]
 
 
 def test_sums_match_float64_and_do_not_depend_on_scheduling() -> None:
@@ -114,6 +114,8 @@ def test_paths_and_errors() -> None:
         bf16.update({"a": jnp.ones(5, jnp.bfloat16)}, bf16.init(None))
     with pytest.raises(ValueError, match=r"clip_by_global_norm: fused=True does not support"):
         so.clip_by_global_norm(1.0, axis_name="data", fused=True)
+    with pytest.raises(TypeError, match=r"clip_by_global_norm: fused must be True, False or"):
+        so.clip_by_global_norm(1.0, fused=0)  # type: ignore[arg-type]
     auto = so.clip_by_global_norm(1.0)  # fused=None falls back for bf16 without an error
     got, _ = auto.update({"a": jnp.full(4, 1.0, jnp.bfloat16)}, auto.init(None))
     np.testing.assert_allclose(np.asarray(got["a"], np.float32), 0.5)

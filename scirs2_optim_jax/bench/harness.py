@@ -187,7 +187,7 @@ def run_config(config: BenchConfig, repeats: int = 7, torch: bool = True) -> Ben
     ours_fn, ours_compile = _timed_compile(ours_step, ours_carry, grads)
     optax_fn, optax_compile = _timed_compile(optax_step, optax_carry, grads)
 
-    # Warm up both, then alternate timed steps so load drift affects both alike.
+    # Warm up both, then take turns timing them so load drift affects both alike.
     ours_carry = jax.block_until_ready(ours_fn(ours_carry, grads))
     optax_carry = jax.block_until_ready(optax_fn(optax_carry, grads))
     # The streaming kernel runs over the step's working set (params, grads and two fp32
@@ -195,25 +195,43 @@ def run_config(config: BenchConfig, repeats: int = 7, torch: bool = True) -> Ben
     stream, stream_buffer = _streaming_kernel(4 * num_params)
     # PyTorch's fused AdamW (a-c) takes its turn in the same rounds.
     torch_step = _torch_adamw_step(params) if torch and config.name in ("a", "b", "c") else None
-    ours_times, optax_times, stream_times, torch_times = [], [], [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        ours_carry = jax.block_until_ready(ours_fn(ours_carry, grads))
-        ours_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        optax_carry = jax.block_until_ready(optax_fn(optax_carry, grads))
-        optax_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        stream_buffer = jax.block_until_ready(stream(stream_buffer))
-        stream_times.append(time.perf_counter() - start)
-        if torch_step is not None:
+    live = {"ours": ours_carry, "optax": optax_carry, "stream": stream_buffer}
+    del ours_carry, optax_carry, stream_buffer  # donated from `live` from here on
+
+    def run_ours() -> None:
+        live["ours"] = jax.block_until_ready(ours_fn(live["ours"], grads))
+
+    def run_optax() -> None:
+        live["optax"] = jax.block_until_ready(optax_fn(live["optax"], grads))
+
+    def run_stream() -> None:
+        live["stream"] = jax.block_until_ready(stream(live["stream"]))
+
+    entries: list[tuple[str, Callable[[], None]]] = [
+        ("ours", run_ours),
+        ("optax", run_optax),
+        ("stream", run_stream),
+    ]
+    if torch_step is not None:
+        entries.append(("torch", torch_step))
+    times: dict[str, list[float]] = {name: [] for name, _ in entries}
+    for round_index in range(repeats):
+        # The order rotates from round to round, so no entry always runs first after the
+        # pause below, or always right after a particular other one.
+        shift = round_index % len(entries)
+        for name, run in entries[shift:] + entries[:shift]:
             start = time.perf_counter()
-            torch_step()
-            torch_times.append(time.perf_counter() - start)
-            # PyTorch's OpenMP threads spin for a while after a parallel region; left
-            # spinning they take cores from the next round's steps (a: 7.7 -> 11 ms here).
-            time.sleep(_TORCH_SETTLE_S)
-    del optax_carry, stream_buffer, torch_step
+            run()
+            times[name].append(time.perf_counter() - start)
+            if name == "torch":
+                # PyTorch's OpenMP threads spin for a while after a parallel region; left
+                # spinning they take cores from the next step (a: 7.7 -> 11 ms here).
+                time.sleep(_TORCH_SETTLE_S)
+    ours_carry = live.pop("ours")
+    live.clear()
+    del torch_step
+    ours_times, optax_times = times["ours"], times["optax"]
+    stream_times, torch_times = times["stream"], times.get("torch", [])
     protocol_ms = None
     if has_fused_apply:
         # The same optimizer through the optax protocol (what nnx.Optimizer and TrainState

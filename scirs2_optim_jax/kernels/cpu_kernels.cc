@@ -37,6 +37,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -281,7 +282,8 @@ ffi::ErrorOr<std::vector<Leaf>> DecodeLeaves(ffi::RemainingArgs args, ffi::Remai
       ffi::AnyBuffer low_in = args.get<ffi::AnyBuffer>(low_arg + i).value();
       if (!bf16(low_in) || static_cast<int64_t>(low_in.element_count()) != size) {
         return ffi::Unexpected(ffi::Error::InvalidArgument(
-            "scirs2 kernels: master=true needs bf16 params of the master's size"));
+            "scirs2 kernels: master=true needs bf16 params of the master's size (leaf " +
+            std::to_string(i) + " of the call)"));
       }
       // Every element is written, so an unaliased output needs no copy of the input.
       low = static_cast<uint16_t*>(rets.get<ffi::AnyBuffer>(low_ret + i).value()->untyped_data());

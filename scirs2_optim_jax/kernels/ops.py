@@ -98,8 +98,9 @@ def _sum_of_squares_jvp(
 def sum_of_squares(leaves: Sequence[jax.Array]) -> jax.Array:
     """``f32[n]``: the sum of squares of each float32 leaf, read once on all CPU threads.
 
-    Sums are accumulated in double within the kernel and rounded to float32 once; the result
-    does not depend on thread scheduling. Differentiable (the derivative runs in XLA).
+    Each block of 1,024 elements is summed in 32 float lanes and the block sums are added in
+    double, then rounded to float32 once; the result does not depend on thread scheduling.
+    Differentiable (the derivative runs in XLA).
 
     Raises:
         RuntimeError: the kernels are not available on this machine.
@@ -111,12 +112,12 @@ def sum_of_squares(leaves: Sequence[jax.Array]) -> jax.Array:
         >>> not kernels_available() or sum_of_squares([jnp.array([3.0, 4.0])]).tolist() == [25.0]
         True
     """
-    _require_kernels()
     for i, x in enumerate(leaves):
         if jnp.result_type(x) != jnp.float32:
             raise TypeError(f"sum_of_squares: leaf {i} must be float32, got {jnp.result_type(x)}")
     if not leaves:
         return jnp.zeros([0], jnp.float32)
+    _require_kernels()
     return _sum_of_squares(tuple(leaves))
 
 
@@ -147,7 +148,8 @@ def fused_step(
         grouped: the layout of ``mu`` and ``nu``.
         low_params: master-weights mode (``kind="adam"``, ``apply``): bfloat16 parameters
             of which ``params`` is the float32 master copy; each comes back as its new master
-            rounded to bfloat16, written in the same pass.
+            rounded to bfloat16, written in the same pass. Their buffers are reused for the
+            result, so donate them to the caller's ``jit`` (otherwise XLA copies them first).
 
     Returns:
         ``(outputs, mu, nu, low)``: new parameters or updates, the new moments (same layout)
@@ -158,8 +160,19 @@ def fused_step(
     """
     _require_kernels()
     master = low_params is not None
-    if master and (kind != "adam" or not apply):
-        raise ValueError("fused_step: low_params needs kind='adam' and apply=True")
+    if master:
+        if kind != "adam" or not apply:
+            raise ValueError("fused_step: low_params needs kind='adam' and apply=True")
+        if len(low_params) != len(params):
+            raise ValueError(
+                f"fused_step: low_params has {len(low_params)} leaves, params {len(params)}"
+            )
+        for i, (low, p) in enumerate(zip(low_params, params, strict=True)):
+            if jnp.result_type(low) != jnp.bfloat16 or jnp.shape(low) != jnp.shape(p):
+                raise ValueError(
+                    f"fused_step: low_params[{i}] must be bfloat16 of shape {jnp.shape(p)}, "
+                    f"got {jnp.result_type(low)}{list(jnp.shape(low))}"
+                )
     target = {"adam": "scirs2_adam_step", "lamb": "scirs2_lamb_step"}[kind]
     outs: list[jax.Array] = []
     new_mu: list[jax.Array] = []
