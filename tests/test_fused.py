@@ -434,39 +434,23 @@ def test_master_mode_rounds_like_xla() -> None:
     assert np.isnan(got[nan].astype(np.float32)).all()
     np.testing.assert_array_equal(got[~nan].view(np.uint16), want[~nan].view(np.uint16))
     assert got[0] == 1.0 and got[1] == 1 + 2**-6 and got[3] == np.inf  # ties to even; overflow
+
+    def call(kind: str, low_params: list) -> None:
+        fused_step(
+            kind,
+            hyper,
+            [master],
+            [zeros],
+            [zeros],
+            [zeros],
+            apply=True,
+            decay=[False],
+            low_params=low_params,
+        )
+
     with pytest.raises(ValueError, match=r"low_params has 2 leaves, params 1"):
-        fused_step(
-            "adam",
-            hyper,
-            [master],
-            [zeros],
-            [zeros],
-            [zeros],
-            apply=True,
-            decay=[False],
-            low_params=[low, low],
-        )
+        call("adam", [low, low])
     with pytest.raises(ValueError, match=r"low_params\[0\] must be bfloat16 of shape \(5012,\)"):
-        fused_step(
-            "adam",
-            hyper,
-            [master],
-            [zeros],
-            [zeros],
-            [zeros],
-            apply=True,
-            decay=[False],
-            low_params=[zeros],
-        )
+        call("adam", [zeros])
     with pytest.raises(ValueError, match=r"low_params needs kind='adam' and apply=True"):
-        fused_step(
-            "lamb",
-            hyper,
-            [master],
-            [zeros],
-            [zeros],
-            [zeros],
-            apply=True,
-            decay=[False],
-            low_params=[low],
-        )
+        call("lamb", [low])

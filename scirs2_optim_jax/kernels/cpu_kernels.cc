@@ -122,26 +122,33 @@ inline float Direction(float m, float n, const Hyper& h) {
   return (m / h.c1) / (std::sqrt(n / h.c2 + h.eps_root) + h.eps);
 }
 
+// Both moments of one element, updated in place; returns Adam's direction (before decay).
+inline float UpdateMoments(float g, float& mu, float& nu, const Hyper& h) {
+  const float m = h.a1 * g + h.b1 * mu;
+  const float n = h.a2 * (g * g) + h.b2 * nu;
+  mu = m;
+  nu = n;
+  return Direction(m, n, h);
+}
+
 // In apply mode `out` is the parameter buffer itself (DecodeLeaves makes it so) and the
 // parameters are read through it, so every pointer below can be restrict: the loops
 // vectorise without runtime alias checks.
+// The hyperparameters are copied to a local first: read through the reference, they could
+// alias the float stores, and the compiler would reload them (or version the loop).
 template <bool kDecay, bool kApply, typename G, bool kLow>
-void AdamChunk(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h) {
+void AdamChunk(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& hyper) {
+  const Hyper h = hyper;
   const G* __restrict g = static_cast<const G*>(leaf.g);
   float* __restrict mu = leaf.mu;
   float* __restrict nu = leaf.nu;
   float* __restrict out = leaf.out;
   const float* __restrict p = leaf.p_in;  // read only in update mode
   uint16_t* __restrict low = leaf.low;    // written only in master mode
-  const float a1 = h.a1, a2 = h.a2;
   for (int64_t i = begin; i < end; ++i) {
     const float gi = h.gs * Load(g[i]);
     const float pi = kApply ? out[i] : p[i];
-    const float m = a1 * gi + h.b1 * mu[i];
-    const float n = a2 * (gi * gi) + h.b2 * nu[i];
-    mu[i] = m;
-    nu[i] = n;
-    float u = Direction(m, n, h);
+    float u = UpdateMoments(gi, mu[i], nu[i], h);
     if (kDecay) u = u + h.wd * pi;
     const float step = h.neg_lr * u;
     const float result = kApply ? pi + step : step;
@@ -169,12 +176,12 @@ AdamKernel PickAdam(const Leaf& leaf, bool apply) {
 
 // LAMB, first pass: moments, and the sums of p^2 and u^2 over the chunk.
 template <bool kDecay, typename G>
-void LambNorms(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h, double* sums) {
+void LambNorms(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& hyper, double* sums) {
+  const Hyper h = hyper;
   const float* __restrict p = leaf.p_in;
   const G* __restrict g = static_cast<const G*>(leaf.g);
   float* __restrict mu = leaf.mu;
   float* __restrict nu = leaf.nu;
-  const float a1 = h.a1, a2 = h.a2;
   float pp = 0.0f, uu = 0.0f;
   double psum = 0.0, usum = 0.0;
   constexpr int64_t kBlock = 1024;  // float partial sums over short blocks, then double
@@ -186,11 +193,7 @@ void LambNorms(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h, dou
     for (int64_t i = s; i < e; ++i) {
       const float gi = h.gs * Load(g[i]);
       const float pi = p[i];
-      const float m = a1 * gi + h.b1 * mu[i];
-      const float n = a2 * (gi * gi) + h.b2 * nu[i];
-      mu[i] = m;
-      nu[i] = n;
-      float u = Direction(m, n, h);
+      float u = UpdateMoments(gi, mu[i], nu[i], h);
       if (kDecay) u = u + h.wd * pi;
       pp += pi * pi;
       uu += u * u;
@@ -204,7 +207,8 @@ void LambNorms(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h, dou
 
 // LAMB, second pass: recompute the direction from the new moments and scale it.
 template <bool kDecay, bool kApply>
-void LambApply(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& h, float ratio) {
+void LambApply(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& hyper, float ratio) {
+  const Hyper h = hyper;
   const float* __restrict mu = leaf.mu;
   const float* __restrict nu = leaf.nu;
   float* __restrict out = leaf.out;
