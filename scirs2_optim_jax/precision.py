@@ -373,6 +373,10 @@ def with_master_weights(
 
     def init_fn(params: optax.Params) -> MasterWeightsState:
         master = cast_floating(params, master_dtype)
+        # Leaves already in master_dtype come back from the cast as the very same arrays;
+        # the master must own its buffers, or donating params and state together (as a
+        # jitted train step does) would donate one buffer twice.
+        master = jax.tree.map(lambda m, p: jnp.copy(m) if m is p else m, master, params)
         return MasterWeightsState(master=master, inner_state=inner.init(master))
 
     def new_master(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -226,3 +227,22 @@ def test_bf16_and_fp16_training_converges_like_fp32() -> None:
     for loss in (bf16, fp16):
         assert np.isfinite(loss)
         assert abs(loss - fp32) <= 0.005 + 0.2 * fp32
+
+
+def test_master_copy_owns_its_buffers_so_params_and_state_can_be_donated() -> None:
+    """Leaves already in float32 are copied into the master, not shared with the params."""
+    params = {"scale": jnp.ones((3,), jnp.float32), "w": jnp.ones((2, 3), jnp.bfloat16)}
+    tx = with_master_weights(optimizers.adamw(1e-2, fused=False))
+    state = tx.init(params)
+    assert state.master["scale"] is not params["scale"]
+    assert state.master["scale"].unsafe_buffer_pointer() != params["scale"].unsafe_buffer_pointer()
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(p: dict, s: object, g: dict) -> tuple:
+        updates, s = tx.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    grads = jax.tree.map(jnp.ones_like, params)
+    params, state = step(params, state, grads)  # donating both must not donate one buffer twice
+    params, state = step(params, state, grads)
+    assert params["scale"].dtype == jnp.float32

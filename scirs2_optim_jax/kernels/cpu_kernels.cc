@@ -13,8 +13,9 @@
 // apply_updates adds to the parameters (apply=false).
 //
 // Master weights (Adam only, attribute master=true, with apply=true): the params are the f32
-// master copy, and n bfloat16 parameters follow the moments as operands and results; each
-// is set to its new master value rounded to bfloat16 (to nearest even) in the same pass.
+// master copy, and the n model parameters (bfloat16 or f32, leaf by leaf) follow the moments
+// as operands and results; each is set to its new master value, rounded to bfloat16 (to
+// nearest even) where it is bfloat16, in the same pass.
 // Gradients may be f32 or bfloat16, leaf by leaf, in either mode.
 //
 // hyper = [neg_lr, b1, 1 - b1, b2, 1 - b2, eps, eps_root, weight_decay, correction1,
@@ -39,6 +40,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -62,7 +64,8 @@ struct Leaf {
   int64_t size;
   bool decay;
   bool g_bf16;
-  uint16_t* low;  // master mode: the bfloat16 parameters, set to the rounded new master
+  void* low;  // master mode: the model's parameter, set to the new master (rounded if bf16)
+  bool low_f32;
 };
 
 inline float Load(float x) { return x; }
@@ -136,7 +139,13 @@ inline float UpdateMoments(float g, float& mu, float& nu, const Hyper& h) {
 // vectorise without runtime alias checks.
 // The hyperparameters are copied to a local first: read through the reference, they could
 // alias the float stores, and the compiler would reload them (or version the loop).
-template <bool kDecay, bool kApply, typename G, bool kLow>
+inline void Store(uint16_t* low, int64_t i, float x) { low[i] = ToBf16(x); }
+
+inline void Store(float* low, int64_t i, float x) { low[i] = x; }
+
+// L is the model parameters' type in master mode (uint16_t: bfloat16 bits, or float); void
+// outside it.
+template <bool kDecay, bool kApply, typename G, typename L>
 void AdamChunk(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& hyper) {
   const Hyper h = hyper;
   const G* __restrict g = static_cast<const G*>(leaf.g);
@@ -144,7 +153,7 @@ void AdamChunk(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& hyper)
   float* __restrict nu = leaf.nu;
   float* __restrict out = leaf.out;
   const float* __restrict p = leaf.p_in;  // read only in update mode
-  uint16_t* __restrict low = leaf.low;    // written only in master mode
+  L* __restrict low = static_cast<L*>(leaf.low);  // written only in master mode
   for (int64_t i = begin; i < end; ++i) {
     const float gi = h.gs * Load(g[i]);
     const float pi = kApply ? out[i] : p[i];
@@ -153,25 +162,27 @@ void AdamChunk(const Leaf& leaf, int64_t begin, int64_t end, const Hyper& hyper)
     const float step = h.neg_lr * u;
     const float result = kApply ? pi + step : step;
     out[i] = result;
-    if (kLow) low[i] = ToBf16(result);
+    if constexpr (!std::is_void_v<L>) Store(low, i, result);
   }
 }
 
 using AdamKernel = void (*)(const Leaf&, int64_t, int64_t, const Hyper&);
 
-template <typename G, bool kLow>
+template <typename G, typename L>
 AdamKernel PickAdam(bool decay, bool apply) {
-  if (apply) return decay ? AdamChunk<true, true, G, kLow> : AdamChunk<false, true, G, kLow>;
-  return decay ? AdamChunk<true, false, G, false> : AdamChunk<false, false, G, false>;
+  if (apply) return decay ? AdamChunk<true, true, G, L> : AdamChunk<false, true, G, L>;
+  return decay ? AdamChunk<true, false, G, void> : AdamChunk<false, false, G, void>;
+}
+
+template <typename G>
+AdamKernel PickAdam(const Leaf& leaf, bool apply) {
+  if (leaf.low == nullptr) return PickAdam<G, void>(leaf.decay, apply);
+  return leaf.low_f32 ? PickAdam<G, float>(leaf.decay, apply)
+                      : PickAdam<G, uint16_t>(leaf.decay, apply);
 }
 
 AdamKernel PickAdam(const Leaf& leaf, bool apply) {
-  if (leaf.low != nullptr) {
-    return leaf.g_bf16 ? PickAdam<uint16_t, true>(leaf.decay, apply)
-                       : PickAdam<float, true>(leaf.decay, apply);
-  }
-  return leaf.g_bf16 ? PickAdam<uint16_t, false>(leaf.decay, apply)
-                     : PickAdam<float, false>(leaf.decay, apply);
+  return leaf.g_bf16 ? PickAdam<uint16_t>(leaf, apply) : PickAdam<float>(leaf, apply);
 }
 
 // LAMB, first pass: moments, and the sums of p^2 and u^2 over the chunk.
@@ -281,16 +292,19 @@ ffi::ErrorOr<std::vector<Leaf>> DecodeLeaves(ffi::RemainingArgs args, ffi::Remai
       return ffi::Unexpected(ffi::Error::InvalidArgument(
           "scirs2 kernels: params (f32) and grads (f32 or bf16) of a leaf must be the same size"));
     }
-    uint16_t* low = nullptr;
+    void* low = nullptr;
+    bool low_f32 = false;
     if (master) {
       ffi::AnyBuffer low_in = args.get<ffi::AnyBuffer>(low_arg + i).value();
-      if (!bf16(low_in) || static_cast<int64_t>(low_in.element_count()) != size) {
+      if (!(bf16(low_in) || f32(low_in)) ||
+          static_cast<int64_t>(low_in.element_count()) != size) {
         return ffi::Unexpected(ffi::Error::InvalidArgument(
-            "scirs2 kernels: master=true needs bf16 params of the master's size (leaf " +
+            "scirs2 kernels: master=true needs bf16 or f32 params of the master's size (leaf " +
             std::to_string(i) + " of the call)"));
       }
       // Every element is written, so an unaliased output needs no copy of the input.
-      low = static_cast<uint16_t*>(rets.get<ffi::AnyBuffer>(low_ret + i).value()->untyped_data());
+      low = rets.get<ffi::AnyBuffer>(low_ret + i).value()->untyped_data();
+      low_f32 = f32(low_in);
     }
     float* mu = nullptr;
     float* nu = nullptr;
@@ -318,7 +332,8 @@ ffi::ErrorOr<std::vector<Leaf>> DecodeLeaves(ffi::RemainingArgs args, ffi::Remai
       params_in = params_out;
     }
     leaves[i] = {params_in, g.untyped_data(), mu,  nu,
-                 params_out, size,            flags[i] != 0, bf16(g), low};
+                 params_out, size,            flags[i] != 0, bf16(g), low,
+                 low_f32};
   }
   if (grouped && offset != flat_size) {
     return ffi::Unexpected(ffi::Error::InvalidArgument(

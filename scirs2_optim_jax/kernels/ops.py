@@ -146,14 +146,15 @@ def fused_step(
         apply: return new parameters (True) or optax updates (False).
         decay: per leaf, whether ``weight_decay * params`` joins its direction.
         grouped: the layout of ``mu`` and ``nu``.
-        low_params: master-weights mode (``kind="adam"``, ``apply``): bfloat16 parameters
-            of which ``params`` is the float32 master copy; each comes back as its new master
-            rounded to bfloat16, written in the same pass. Their buffers are reused for the
+        low_params: master-weights mode (``kind="adam"``, ``apply``): the model's parameters
+            (bfloat16 or float32, leaf by leaf) of which ``params`` is the float32 master
+            copy; each comes back as its new master, rounded to nearest even where it is
+            bfloat16, written in the same pass. Their buffers are reused for the
             result, so donate them to the caller's ``jit`` (otherwise XLA copies them first).
 
     Returns:
         ``(outputs, mu, nu, low)``: new parameters or updates, the new moments (same layout)
-        and the new bfloat16 parameters (empty without ``low_params``).
+        and the new model parameters (empty without ``low_params``).
 
     Raises:
         RuntimeError: the kernels are not available on this machine.
@@ -168,10 +169,11 @@ def fused_step(
                 f"fused_step: low_params has {len(low_params)} leaves, params {len(params)}"
             )
         for i, (low, p) in enumerate(zip(low_params, params, strict=True)):
-            if jnp.result_type(low) != jnp.bfloat16 or jnp.shape(low) != jnp.shape(p):
+            dtype = jnp.result_type(low)
+            if dtype not in (jnp.bfloat16, jnp.float32) or jnp.shape(low) != jnp.shape(p):
                 raise ValueError(
-                    f"fused_step: low_params[{i}] must be bfloat16 of shape {jnp.shape(p)}, "
-                    f"got {jnp.result_type(low)}{list(jnp.shape(low))}"
+                    f"fused_step: low_params[{i}] must be bfloat16 or float32 of shape "
+                    f"{jnp.shape(p)}, got {dtype}{list(jnp.shape(low))}"
                 )
     target = {"adam": "scirs2_adam_step", "lamb": "scirs2_lamb_step"}[kind]
     outs: list[jax.Array] = []
@@ -185,7 +187,7 @@ def fused_step(
         flags = jnp.asarray(np.array(decay[start:end], np.uint8))
         moments = [mu[index], nu[index]] if grouped else [*mu[start:end], *nu[start:end]]
         shapes = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in p + moments]
-        shapes += [jax.ShapeDtypeStruct(x.shape, jnp.bfloat16) for x in low]
+        shapes += [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in low]
         # Operands: hyper, flags, params, grads, moments, low. Results: outputs, moments, low.
         first_moment = 2 + 2 * count
         aliases = {first_moment + i: count + i for i in range(len(moments))}

@@ -69,8 +69,9 @@ class FusedUpdate:
 
     ``apply_master(grads, state, master, params)``, where given (Adam and AdamW), is the
     step of :func:`~scirs2_optim_jax.precision.with_master_weights` in one pass: ``master``
-    is the float32 copy of the bfloat16 ``params``, and it returns ``(new_params,
-    new_master, new_state)``, or None where that pass does not apply to these trees.
+    is the float32 copy of ``params`` (bfloat16 or float32 leaves), and it returns
+    ``(new_params, new_master, new_state)``, or None where that pass does not apply to these
+    trees.
     """
 
     def __init__(
@@ -421,16 +422,17 @@ def fused_adam_family(
         )[:2]
 
     def apply_master(grads: Any, state: Any, master: Any, params: Any) -> Any:
-        # bfloat16 parameters with this optimizer on their float32 master copy: gradients
-        # read as they are (float32 or bfloat16), the master, moments and parameters written
-        # in one pass. None where that pass does not apply; the caller then takes its own.
+        # bfloat16 (and float32) parameters with this optimizer on their float32 master copy:
+        # gradients read as they are (float32 or bfloat16), the master, moments and
+        # parameters written in one pass. None where that pass does not apply; the caller
+        # then takes its own.
         if kind != "adam" or fused is False:
             return None
         low_leaves = jax.tree.leaves(params)
         grad_leaves = jax.tree.leaves(grads)
         if (
             not low_leaves
-            or any(jnp.result_type(x) != jnp.bfloat16 for x in low_leaves)
+            or any(jnp.result_type(x) not in (jnp.bfloat16, jnp.float32) for x in low_leaves)
             or any(jnp.result_type(g) not in (jnp.float32, jnp.bfloat16) for g in grad_leaves)
             or not _leaves_are_float32(master, state[0].mu, state[0].nu)
         ):
