@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import decay_mask
+from helpers import decay_mask, run_on_one_device
 
 import scirs2_optim_jax as so
 from scirs2_optim_jax.kernels import fused_step, hyper_vector, kernels_available
@@ -158,11 +158,7 @@ def test_auto_uses_kernel_on_one_cpu_device() -> None:
         "f = jax.jit(lambda p, s, g: apply_gradients(tx, g, s, p))\n"
         "print('scirs2_adam_step' in f.lower(p, tx.init(p), p).as_text(), jax.device_count())\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
-    assert out.stdout.split() == ["True", "1"]
+    assert run_on_one_device(code) == ["True", "1"]
 
 
 def test_fallback_for_bf16_and_errors_when_required() -> None:

@@ -7,15 +7,12 @@ clipping active and not.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import run_on_one_device
 
 import scirs2_optim_jax as so
 from scirs2_optim_jax.kernels import GROUP_SIZE, sum_of_squares
@@ -129,8 +126,4 @@ def test_auto_uses_kernel_on_one_cpu_device() -> None:
         "hlo = jax.jit(tx.update).lower(g, tx.init(g)).as_text()\n"
         "print('scirs2_sum_squares' in hlo, jax.device_count())\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
-    assert out.stdout.split() == ["True", "1"]
+    assert run_on_one_device(code) == ["True", "1"]
