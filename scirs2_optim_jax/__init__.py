@@ -1,18 +1,17 @@
 """scirs2-optim-jax: optax-compatible optimizers for JAX, sharding- and memory-aware.
 
-Everything here is a re-export; the implementations live in topical modules.
+Everything here is a re-export; the implementations live in topical modules. Importing
+the package loads only the core (transforms, optimizers, schedules, precision, resilience;
+it needs jax, optax and numpy). The other layers load on first use of one of their names:
+``parallel``, ``engine`` (and ``apply_gradients``), ``checkpoint`` (extra ``[checkpoint]``),
+``monitor`` (extra ``[monitor]``), ``config``, ``training``, ``bench`` and ``cli``.
 """
 
-from scirs2_optim_jax import checkpoint, config, monitor, parallel, precision, schedules
-from scirs2_optim_jax.checkpoint import CheckpointCorruptError, CheckpointManager, CheckpointState
-from scirs2_optim_jax.config import (
-    RunConfig,
-    build_optimizer,
-    load_config,
-    plan_memory,
-    production_default,
-    select_optimizer,
-)
+import importlib
+import warnings
+from typing import Any
+
+from scirs2_optim_jax import optimizers, precision, resilience, schedules, transforms, validation
 from scirs2_optim_jax.optimizers import (
     adagrad,
     adam,
@@ -23,12 +22,6 @@ from scirs2_optim_jax.optimizers import (
     radam,
     rmsprop,
     sgd,
-)
-from scirs2_optim_jax.parallel import (
-    init_distributed,
-    make_data_mesh,
-    make_data_parallel_step,
-    zero,
 )
 from scirs2_optim_jax.precision import (
     DynamicLossScale,
@@ -48,13 +41,57 @@ from scirs2_optim_jax.schedules import *  # noqa: F403
 from scirs2_optim_jax.schedules import __all__ as _schedules_all
 from scirs2_optim_jax.transforms import *  # noqa: F403
 from scirs2_optim_jax.transforms import __all__ as _transforms_all
-from scirs2_optim_jax.transforms.fused import apply_gradients, chain
 
 __version__ = "0.1.0"
 
+# Subpackages above the core, loaded on first attribute access.
+_SUBPACKAGES = ("bench", "checkpoint", "cli", "config", "engine", "monitor", "parallel", "training")
+
+# name -> the module it is loaded from on first access.
+_LAZY = {
+    "apply_gradients": "scirs2_optim_jax.engine",
+    "CheckpointCorruptError": "scirs2_optim_jax.checkpoint",
+    "CheckpointManager": "scirs2_optim_jax.checkpoint",
+    "CheckpointState": "scirs2_optim_jax.checkpoint",
+    "RunConfig": "scirs2_optim_jax.config",
+    "build_optimizer": "scirs2_optim_jax.config",
+    "load_config": "scirs2_optim_jax.config",
+    "plan_memory": "scirs2_optim_jax.config",
+    "production_default": "scirs2_optim_jax.config",
+    "select_optimizer": "scirs2_optim_jax.config",
+    "init_distributed": "scirs2_optim_jax.parallel",
+    "make_data_mesh": "scirs2_optim_jax.parallel",
+    "make_data_parallel_step": "scirs2_optim_jax.parallel",
+    "zero": "scirs2_optim_jax.parallel",
+}
+
+# Engine internals that used to be top-level names: importable with a DeprecationWarning.
+_DEPRECATED = ("FactorUpdate", "FusedUpdate", "fused_adam_family")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"scirs2_optim_jax.{name}")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _DEPRECATED:
+        warnings.warn(
+            f"scirs2_optim_jax.{name} is an engine internal and deprecated; "
+            "use scirs2_optim_jax.apply_gradients / scirs2_optim_jax.engine.one_pass_step",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(transforms, name)
+    raise AttributeError(f"module 'scirs2_optim_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBPACKAGES) | set(_LAZY))
+
+
 __all__ = [
-    "apply_gradients",
-    "chain",
     "CheckpointCorruptError",
     "CheckpointManager",
     "CheckpointState",
@@ -67,30 +104,39 @@ __all__ = [
     "adagrad",
     "adam",
     "adamw",
+    "apply_gradients",
+    "bench",
     "build_optimizer",
     "checkpoint",
+    "cli",
     "config",
+    "engine",
+    "fallback_on_failure",
+    "init_distributed",
     "lamb",
     "lars",
     "lion",
     "load_config",
-    "init_distributed",
     "make_data_mesh",
     "make_data_parallel_step",
     "monitor",
+    "optimizers",
     "parallel",
     "plan_memory",
     "precision",
     "precision_policy",
     "production_default",
-    "fallback_on_failure",
     "radam",
+    "resilience",
     "rmsprop",
-    "schedules",
     "scaled_value_and_grad",
+    "schedules",
     "select_optimizer",
     "sgd",
     "skip_non_finite",
+    "training",
+    "transforms",
+    "validation",
     "with_master_weights",
     "zero",
     *_schedules_all,

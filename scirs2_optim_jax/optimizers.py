@@ -2,9 +2,10 @@
 
 Every alias takes the same arguments, in the same order and with the same defaults, as the
 optax 0.2.8 optimizer of the same name; options optax lacks are keyword-only. The aliases
-hold no math: each is an ``optax.chain`` of the transforms in
-:mod:`scirs2_optim_jax.transforms`, so their states are the same nested tuples of
-NamedTuples that users inspect and checkpoint.
+hold no math: each is a chain of the transforms in :mod:`scirs2_optim_jax.transforms`
+(``optax.chain``, or :func:`~scirs2_optim_jax.transforms.chain` where the one-pass engine
+may run it), each hyperparameter passed once, so their states are the same nested tuples
+of NamedTuples that users inspect and checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from scirs2_optim_jax.transforms.adaptive import (
     scale_by_rss,
     scale_by_stddev,
 )
-from scirs2_optim_jax.transforms.fused import fused_adam_family
+from scirs2_optim_jax.transforms.description import Chain, DescribedTransformation, describe
+from scirs2_optim_jax.transforms.grouped import grouped_layout
 from scirs2_optim_jax.transforms.learning_rate import scale_by_learning_rate
 from scirs2_optim_jax.transforms.masking import Mask
 from scirs2_optim_jax.transforms.momentum import scale_by_lion, trace
@@ -37,47 +39,33 @@ __all__ = ["adagrad", "adam", "adamw", "lamb", "lars", "lion", "radam", "rmsprop
 Schedule = Any  # float, jax scalar, or callable count -> value
 
 
-def _maybe_fused(
+def _adam_family(
     name: str,
-    parts: tuple[optax.GradientTransformation, ...],
-    kind: str,
+    *parts: optax.GradientTransformation,
     fused: bool | None,
-    unsupported: str | None,
-    b1: Any,
-    b2: Any,
-    eps: Any,
-    eps_root: Any,
-    weight_decay: Any = 0.0,
-    mask: Mask = None,
-    state_layout: str = "tree",
-) -> optax.GradientTransformationExtraArgs:
-    """The chain of ``parts``, with the fused CPU path unless ``fused`` is False or an option
-    the kernel lacks (``unsupported``) is set."""
+    state_layout: str,
+    no_one_pass: str | None = None,
+) -> DescribedTransformation:
+    """``chain(*parts)`` of an Adam-family alias, with its options for the one-pass engine.
+
+    ``fused`` and ``state_layout`` are recorded in the chain's description, where the engine
+    (:func:`scirs2_optim_jax.apply_gradients`) reads them; ``no_one_pass`` names an option
+    that has no one-pass form (``fused=True`` with it is an error).
+    """
     if fused is not None and not isinstance(fused, bool):
         raise TypeError(f"{name}: fused must be True, False or None, got {fused!r}")
     if state_layout not in ("tree", "grouped"):
         raise ValueError(f"{name}: state_layout must be 'tree' or 'grouped', got {state_layout!r}")
-    if state_layout == "grouped" and (fused is False or unsupported):
-        why = "fused=False" if fused is False else unsupported
+    if state_layout == "grouped" and (fused is False or no_one_pass):
+        why = "fused=False" if fused is False else no_one_pass
         raise ValueError(f"{name}: state_layout='grouped' needs the fused path, not {why}")
-    if fused is False or (unsupported and fused is None):
-        return optax.chain(*parts)
-    if unsupported:
-        raise ValueError(f"{name}: fused=True does not support {unsupported}; pass fused=None")
-    return fused_adam_family(
-        name,
-        parts,
-        kind=kind,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        weight_decay=weight_decay,
-        mask=mask,
-        fused=fused,
-        with_weight_decay=len(parts) > 2,
-        state_layout=state_layout,
-    )
+    if fused and no_one_pass:
+        raise ValueError(f"{name}: fused=True does not support {no_one_pass}; pass fused=None")
+    combined = optax.chain(*parts)
+    if state_layout == "grouped":
+        combined = grouped_layout(name, combined)
+    fused = False if no_one_pass else fused
+    return describe(combined, Chain(parts, name=name, fused=fused, state_layout=state_layout))
 
 
 def adam(
@@ -99,8 +87,9 @@ def adam(
         learning_rate: a finite number >= 0 or a schedule.
         b1, b2, eps, eps_root, mu_dtype, nesterov: see :func:`scale_by_adam`.
         nu_dtype: dtype of the second moment (keyword-only; optax has none).
-        fused: the one-pass CPU kernel (keyword-only): None uses it where it applies, True
-            requires it, False never uses it. See :mod:`scirs2_optim_jax.transforms.fused`.
+        fused: the one-pass step of :func:`scirs2_optim_jax.apply_gradients`
+            (keyword-only): None takes it where it applies, True requires it, False never
+            takes it. ``update`` always runs the chain. See :mod:`scirs2_optim_jax.engine`.
         state_layout: ``"tree"`` (the chain's state) or ``"grouped"`` (moments in one flat
             buffer per group of leaves: fewer arrays per step; keyword-only).
 
@@ -122,22 +111,13 @@ def adam(
     Reference: Kingma and Ba, "Adam: A Method for Stochastic Optimization", 2014.
     """
     with v.reraise_with_context("adam"):
-        parts = (
+        return _adam_family(
+            "adam",
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
             scale_by_learning_rate(learning_rate),
-        )
-        unsupported = "nesterov=True" if nesterov else None
-        return _maybe_fused(
-            "adam",
-            parts,
-            "adam",
-            fused,
-            unsupported,
-            b1,
-            b2,
-            eps,
-            eps_root,
+            fused=fused,
             state_layout=state_layout,
+            no_one_pass="nesterov=True" if nesterov else None,
         )
 
 
@@ -166,8 +146,9 @@ def adamw(
             so the parameter shrinks by ``learning_rate * weight_decay`` per step.
         mask: which leaves decay (None: all); a pytree of bools or a callable.
         nu_dtype: dtype of the second moment (keyword-only; optax has none).
-        fused: the one-pass CPU kernel (keyword-only): None uses it where it applies, True
-            requires it, False never uses it. See :mod:`scirs2_optim_jax.transforms.fused`.
+        fused: the one-pass step of :func:`scirs2_optim_jax.apply_gradients`
+            (keyword-only): None takes it where it applies, True requires it, False never
+            takes it. ``update`` always runs the chain. See :mod:`scirs2_optim_jax.engine`.
         state_layout: ``"tree"`` (the chain's state) or ``"grouped"`` (moments in one flat
             buffer per group of leaves: fewer arrays per step; keyword-only).
 
@@ -186,25 +167,14 @@ def adamw(
     Reference: Loshchilov and Hutter, "Decoupled Weight Decay Regularization", 2019.
     """
     with v.reraise_with_context("adamw"):
-        parts = (
+        return _adam_family(
+            "adamw",
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
             add_decayed_weights(weight_decay, mask),
             scale_by_learning_rate(learning_rate),
-        )
-        unsupported = "nesterov=True" if nesterov else None
-        return _maybe_fused(
-            "adamw",
-            parts,
-            "adam",
-            fused,
-            unsupported,
-            b1,
-            b2,
-            eps,
-            eps_root,
-            weight_decay,
-            mask,
+            fused=fused,
             state_layout=state_layout,
+            no_one_pass="nesterov=True" if nesterov else None,
         )
 
 
@@ -233,8 +203,9 @@ def lamb(
         mu_dtype, nu_dtype: moment dtypes (keyword-only).
         axis_name: mesh axis over which leaves are sharded, so the trust ratios use the
             norms of whole leaves (keyword-only).
-        fused: the one-pass CPU kernel (keyword-only): None uses it where it applies, True
-            requires it, False never uses it. See :mod:`scirs2_optim_jax.transforms.fused`.
+        fused: the one-pass step of :func:`scirs2_optim_jax.apply_gradients`
+            (keyword-only): None takes it where it applies, True requires it, False never
+            takes it. ``update`` always runs the chain. See :mod:`scirs2_optim_jax.engine`.
         state_layout: ``"tree"`` (the chain's state) or ``"grouped"`` (moments in one flat
             buffer per group of leaves: fewer arrays per step; keyword-only).
 
@@ -253,27 +224,16 @@ def lamb(
     76 minutes", 2020.
     """
     with v.reraise_with_context("lamb"):
-        parts = (
+        return _adam_family(
+            "lamb",
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype),
             add_decayed_weights(weight_decay, mask),
             scale_by_trust_ratio(axis_name=axis_name),
             scale_by_learning_rate(learning_rate),
-        )
-        # Per-shard trust ratios need a cross-device sum the kernel does not do.
-        unsupported = "axis_name" if axis_name is not None else None
-        return _maybe_fused(
-            "lamb",
-            parts,
-            "lamb",
-            fused,
-            unsupported,
-            b1,
-            b2,
-            eps,
-            eps_root,
-            weight_decay,
-            mask,
+            fused=fused,
             state_layout=state_layout,
+            # Per-shard trust ratios need a cross-device sum the kernel does not do.
+            no_one_pass="axis_name" if axis_name is not None else None,
         )
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from scirs2_optim_jax import validation as v
-from scirs2_optim_jax.transforms.fused import FusedUpdate
+from scirs2_optim_jax.transforms.description import MasterWeights, describe
 
 __all__ = [
     "PRECISIONS",
@@ -41,6 +41,7 @@ __all__ = [
     "all_finite",
     "cast_floating",
     "precision_policy",
+    "round_to_params",
     "scaled_value_and_grad",
     "select_tree",
     "with_master_weights",
@@ -326,10 +327,6 @@ class MasterWeightsState(NamedTuple):
     inner_state: optax.OptState  # the wrapped optimizer's state, built on the master copy
 
 
-def _all_floating(tree: Any) -> bool:
-    return all(_is_floating(leaf) for leaf in jax.tree.leaves(tree))
-
-
 def with_master_weights(
     inner: optax.GradientTransformation, master_dtype: Any = jnp.float32
 ) -> optax.GradientTransformationExtraArgs:
@@ -379,28 +376,16 @@ def with_master_weights(
         master = jax.tree.map(lambda m, p: jnp.copy(m) if m is p else m, master, params)
         return MasterWeightsState(master=master, inner_state=inner.init(master))
 
-    def new_master(
-        updates: optax.Updates, state: MasterWeightsState, params: Any, extra_args: Any
-    ) -> tuple[Any, Any]:
+    def update_fn(
+        updates: optax.Updates,
+        state: MasterWeightsState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, MasterWeightsState]:
         if params is None:
             raise ValueError(f"{fn}: update needs params (the low-precision parameters)")
         v.check_tree_matches(fn, updates, state.master, ref_name="master weights")
         grads = cast_floating(updates, master_dtype)
-        fused_apply = getattr(inner.update, "apply", None)
-        same_dtype = all(
-            jnp.result_type(g) == jnp.result_type(u)
-            for g, u in zip(jax.tree.leaves(grads), jax.tree.leaves(updates), strict=True)
-        )
-        if (
-            fused_apply is not None
-            and same_dtype
-            and not extra_args
-            and _all_floating(state.master)
-        ):
-            # A fused optimizer (transforms.fused) writes the new master in the same pass. Not
-            # when the gradients had to be cast: that cast would be written out as a fresh
-            # buffer every step, which costs more than the pass it saves (measured, config g).
-            return fused_apply(grads, state.inner_state, state.master)
         inner_updates, inner_state = inner.update(
             grads, state.inner_state, state.master, **extra_args
         )
@@ -409,15 +394,6 @@ def with_master_weights(
             state.master,
             inner_updates,
         )
-        return master, inner_state
-
-    def update_fn(
-        updates: optax.Updates,
-        state: MasterWeightsState,
-        params: optax.Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, MasterWeightsState]:
-        master, inner_state = new_master(updates, state, params, extra_args)
 
         def step_to_master(new: jax.Array, p: jax.Array) -> jax.Array:
             if not _is_floating(p):
@@ -429,30 +405,20 @@ def with_master_weights(
         out = jax.tree.map(step_to_master, master, params)
         return out, MasterWeightsState(master=master, inner_state=inner_state)
 
-    def apply_fn(
-        updates: optax.Updates, state: MasterWeightsState, params: Any
-    ) -> tuple[Any, MasterWeightsState]:
-        # apply_gradients' one-pass form: the parameters become the rounded master directly,
-        # with no update tree to write out and add.
-        apply_master = getattr(inner.update, "apply_master", None)
-        if apply_master is not None and params is not None:
-            v.check_tree_matches(fn, updates, state.master, ref_name="master weights")
-            # A fused Adam reads the gradients as they are and writes the master, moments
-            # and bfloat16 parameters in one pass (bfloat16 parameters on the CPU).
-            done = apply_master(updates, state.inner_state, state.master, params)
-            if done is not None:
-                new_params, master, inner_state = done
-                return new_params, MasterWeightsState(master=master, inner_state=inner_state)
-        master, inner_state = new_master(updates, state, params, {})
-        new_params = jax.tree.map(
-            lambda m, p: m.astype(p.dtype) if _is_floating(p) else p, master, params
-        )
-        return new_params, MasterWeightsState(master=master, inner_state=inner_state)
-
-    def same_layout(state: Any, params: Any) -> Any:
-        del params
-        return state
-
-    return optax.GradientTransformationExtraArgs(
-        init_fn, FusedUpdate(update_fn, apply_fn, same_layout, same_layout)
+    return describe(
+        optax.GradientTransformationExtraArgs(init_fn, update_fn),
+        MasterWeights(inner, master_dtype),
     )
+
+
+def round_to_params(master: Any, params: Any) -> Any:
+    """The parameters a master copy stands for: each floating leaf of ``master`` cast to the
+    dtype of the same leaf of ``params``; other leaves of ``params`` unchanged.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> new = round_to_params({"w": jnp.array([1.0039])}, {"w": jnp.ones(1, jnp.bfloat16)})
+        >>> new["w"].dtype, float(new["w"][0])
+        (dtype(bfloat16), 1.0)
+    """
+    return jax.tree.map(lambda m, p: m.astype(p.dtype) if _is_floating(p) else p, master, params)

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from scirs2_optim_jax.bench.configs import CONFIGS, BenchConfig
-from scirs2_optim_jax.transforms.fused import apply_gradients
+from scirs2_optim_jax.engine import apply_gradients
 
 __all__ = ["BenchResult", "measure_bandwidth", "run_config", "run_configs"]
 

@@ -1,35 +1,12 @@
-"""Fused CPU kernels for the optimizer step (Adam/AdamW and LAMB in one pass).
+"""Deprecated: the kernels moved to :mod:`scirs2_optim_jax.engine.kernels`."""
 
-See :mod:`scirs2_optim_jax.kernels.build` for how they are built and
-:mod:`scirs2_optim_jax.transforms.fused` for the transformations that use them.
-"""
+import warnings
 
-from scirs2_optim_jax.kernels.build import (
-    ENV_CACHE_DIR,
-    ENV_DISABLE,
-    KernelLibrary,
-    kernel_cache_dir,
-    kernels_available,
-    load_kernels,
+from scirs2_optim_jax.engine.kernels import *  # noqa: F403
+from scirs2_optim_jax.engine.kernels import __all__  # noqa: F401
+
+warnings.warn(
+    "scirs2_optim_jax.kernels is deprecated: use scirs2_optim_jax.engine.kernels",
+    DeprecationWarning,
+    stacklevel=2,
 )
-from scirs2_optim_jax.kernels.ops import (
-    GROUP_SIZE,
-    fused_step,
-    group_bounds,
-    hyper_vector,
-    sum_of_squares,
-)
-
-__all__ = [
-    "ENV_CACHE_DIR",
-    "ENV_DISABLE",
-    "GROUP_SIZE",
-    "KernelLibrary",
-    "fused_step",
-    "group_bounds",
-    "hyper_vector",
-    "kernel_cache_dir",
-    "kernels_available",
-    "load_kernels",
-    "sum_of_squares",
-]

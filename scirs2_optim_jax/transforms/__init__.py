@@ -1,5 +1,7 @@
 """Elementary gradient transformations, one family per module."""
 
+from typing import Any
+
 from scirs2_optim_jax.transforms.adaptive import (
     ScaleByAdamState,
     ScaleByRmsState,
@@ -19,16 +21,11 @@ from scirs2_optim_jax.transforms.clipping import (
     clip_by_block_rms,
     clip_by_global_norm,
     clip_by_leaf_norm,
+    clip_factor,
     unitwise_norm,
 )
-from scirs2_optim_jax.transforms.fused import (
-    FactorUpdate,
-    FusedUpdate,
-    GroupedAdamState,
-    apply_gradients,
-    chain,
-    fused_adam_family,
-)
+from scirs2_optim_jax.transforms.combine import chain
+from scirs2_optim_jax.transforms.grouped import GroupedAdamState
 from scirs2_optim_jax.transforms.learning_rate import (
     ScaleByScheduleState,
     scale,
@@ -58,8 +55,6 @@ from scirs2_optim_jax.transforms.weight_decay import (
 
 __all__ = [
     "AddDecayedWeightsState",
-    "FactorUpdate",
-    "FusedUpdate",
     "GroupedAdamState",
     "ScaleByAdamState",
     "ScaleByLionState",
@@ -72,13 +67,12 @@ __all__ = [
     "TraceState",
     "adaptive_grad_clip",
     "add_decayed_weights",
-    "apply_gradients",
     "chain",
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
-    "fused_adam_family",
+    "clip_factor",
     "global_norm",
     "leaf_norm",
     "leaf_sum_of_squares",
@@ -97,3 +91,14 @@ __all__ = [
     "tree_sum_of_squares",
     "unitwise_norm",
 ]
+
+# Names that moved to the one-pass engine; importable from here with a DeprecationWarning.
+_MOVED = ("FactorUpdate", "FusedUpdate", "apply_gradients", "fused_adam_family")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from scirs2_optim_jax.transforms import fused
+
+        return getattr(fused, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from scirs2_optim_jax import validation as v
+from scirs2_optim_jax.transforms.description import ScaleByAdam, describe
 from scirs2_optim_jax.transforms.moments import (
     as_dtype,
     compute_dtype,
@@ -152,7 +153,10 @@ def scale_by_adam(
         new_updates = jax.tree.map(direction, updates, mu_hat, nu_hat)
         return new_updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return describe(
+        optax.GradientTransformation(init_fn, update_fn),
+        ScaleByAdam(b1, b2, eps, eps_root, nesterov),
+    )
 
 
 def scale_by_radam(

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from scirs2_optim_jax import validation as v
-from scirs2_optim_jax.kernels import sum_of_squares
-from scirs2_optim_jax.transforms.fused import FactorUpdate, kernel_applies
+from scirs2_optim_jax.transforms.description import ClipByGlobalNorm, describe
 from scirs2_optim_jax.transforms.moments import as_dtype
 from scirs2_optim_jax.transforms.norms import AxisName, global_norm, leaf_sum_of_squares
 
@@ -27,6 +26,7 @@ __all__ = [
     "clip_by_block_rms",
     "clip_by_global_norm",
     "clip_by_leaf_norm",
+    "clip_factor",
     "unitwise_norm",
 ]
 
@@ -68,13 +68,13 @@ def clip_by_global_norm(
         max_norm: the largest allowed global norm, > 0.
         axis_name: mesh axis over which leaves are sharded; the norm is then that of the
             whole logical tree on every device.
-        fused: how the norm is computed: ``None`` (default) reads float32 gradients once on
-            all CPU threads with the fused kernel (``kernels.sum_of_squares``) where the
-            optimizers' fused steps run (single-device CPU, no ``axis_name``; the first use
-            in a process builds the kernels, see :mod:`scirs2_optim_jax.kernels`) and in
-            XLA otherwise; ``True`` requires the kernel; ``False`` always uses XLA. The
-            kernel adds float partial sums of short blocks in double, so its norm is the
-            more accurate of the two; on leaves of millions of elements XLA's float32
+        fused: how the one-pass engine computes the norm when this clip is folded into its
+            step (:func:`scirs2_optim_jax.apply_gradients` of ``chain(clip_by_global_norm,
+            adamw(...))``): ``None`` (default) reads float32 gradients once on all CPU
+            threads with the engine's kernel where the engine's step runs, ``True`` requires
+            the kernel, ``False`` keeps XLA's reduction. ``update`` itself always reduces in
+            XLA, so tracing it never builds a kernel. The kernel adds float partial sums of
+            short blocks in double; on leaves of millions of elements XLA's float32
             reduction can differ from it by about 1e-6 relative.
 
     Returns:
@@ -99,29 +99,30 @@ def clip_by_global_norm(
             "pass fused=None"
         )
 
-    def factor_fn(
+    def update_fn(
         updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
-    ) -> tuple[jax.Array, optax.EmptyState]:
+    ) -> tuple[optax.Updates, optax.EmptyState]:
         del params
-        leaves = [g for g in jax.tree.leaves(updates) if g is not None]
-        float32 = all(jnp.result_type(g) == jnp.float32 for g in leaves)
-        if (
-            axis_name is None
-            and leaves
-            and kernel_applies("clip_by_global_norm", fused, float32, "gradients")
-        ):
-            # XLA:CPU reduces each leaf in its own single-threaded loop: 3.4 ms for 10M
-            # parameters here, against 1.6-2.3 ms for the kernel (docs/benchmarks.md).
-            norm = jnp.sqrt(jnp.sum(sum_of_squares(leaves)))
-        else:
-            norm = global_norm(updates, axis_name)
-        # A scalar factor (exactly 1 when no clipping is needed) rather than optax's
-        # ``g / norm * max_norm``: XLA fuses a multiply by a scalar into every consumer of the
-        # gradient, whereas the divide is materialised as an extra pass over the gradients;
-        # a fused optimizer step takes the factor itself (transforms.fused.chain).
-        return jnp.where(norm < max_norm, 1.0, max_norm / norm), state
+        factor = clip_factor(global_norm(updates, axis_name), max_norm)
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
 
-    return _stateless(FactorUpdate(factor_fn))
+    return describe(_stateless(update_fn), ClipByGlobalNorm(max_norm, axis_name, fused))
+
+
+def clip_factor(norm: jax.Array, max_norm: Any) -> jax.Array:
+    """The scalar that takes a tree of global norm ``norm`` to at most ``max_norm``.
+
+    Exactly 1 when no clipping is needed. A scalar factor rather than optax's
+    ``g / norm * max_norm``: XLA fuses a multiply by a scalar into every consumer of the
+    gradients, whereas the divide is materialised as an extra pass over them; the one-pass
+    engine folds the same factor into its step.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(clip_factor(jnp.float32(5.0), 1.0)), float(clip_factor(jnp.float32(0.5), 1.0))
+        (0.2, 1.0)
+    """
+    return jnp.where(norm < max_norm, 1.0, max_norm / norm)
 
 
 def clip_by_leaf_norm(

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from scirs2_optim_jax import validation as v
+from scirs2_optim_jax.transforms.description import ScaleByLearningRate, describe
 from scirs2_optim_jax.transforms.moments import as_dtype, safe_increment
 
 __all__ = ["ScaleByScheduleState", "scale", "scale_by_learning_rate", "scale_by_schedule"]
@@ -97,5 +98,7 @@ def scale_by_learning_rate(
     v.check_bool(fn, "flip_sign", flip_sign)
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
-        return scale_by_schedule(lambda count: sign * learning_rate(count))
-    return scale(sign * learning_rate)
+        tx = scale_by_schedule(lambda count: sign * learning_rate(count))
+    else:
+        tx = scale(sign * learning_rate)
+    return describe(tx, ScaleByLearningRate(learning_rate, flip_sign))

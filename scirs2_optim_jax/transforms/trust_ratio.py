@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from scirs2_optim_jax import validation as v
+from scirs2_optim_jax.transforms.description import ScaleByTrustRatio, describe
 from scirs2_optim_jax.transforms.masking import Mask, mask_leaves
 from scirs2_optim_jax.transforms.moments import as_dtype, compute_dtype
 from scirs2_optim_jax.transforms.norms import AxisName, leaf_sum_of_squares
@@ -118,9 +119,10 @@ def scale_by_trust_ratio(
     Reference: You et al., "Large Batch Optimization for Deep Learning: Training BERT in
     76 minutes", 2020.
     """
-    return _trust_ratio_transform(
+    tx = _trust_ratio_transform(
         "scale_by_trust_ratio", min_norm, trust_coefficient, eps, mask, axis_name
     )
+    return describe(tx, ScaleByTrustRatio(min_norm, trust_coefficient, eps, mask, axis_name))
 
 
 def scale_by_lars_trust_ratio(

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from scirs2_optim_jax import validation as v
+from scirs2_optim_jax.transforms.description import AddDecayedWeights, describe
 from scirs2_optim_jax.transforms.masking import Mask, select_by_mask
 from scirs2_optim_jax.transforms.moments import compute_dtype, safe_increment
 
@@ -78,4 +79,7 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Mask = None) -> optax.Gra
         decayed = jax.tree.map(decay, updates, params)
         return select_by_mask(mask, params, decayed, updates), state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return describe(
+        optax.GradientTransformation(init_fn, update_fn),
+        AddDecayedWeights(weight_decay, mask),
+    )

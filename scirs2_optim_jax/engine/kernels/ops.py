@@ -22,21 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scirs2_optim_jax.kernels.build import load_kernels
+from scirs2_optim_jax.engine.kernels.build import load_kernels
+from scirs2_optim_jax.transforms.grouped import GROUP_SIZE, group_bounds
 
 __all__ = ["GROUP_SIZE", "fused_step", "group_bounds", "hyper_vector", "sum_of_squares"]
-
-GROUP_SIZE = 256
-
-
-def group_bounds(num_leaves: int) -> list[tuple[int, int]]:
-    """``[start, end)`` leaf ranges of the groups, in ``jax.tree.leaves`` order.
-
-    Example:
-        >>> group_bounds(520)
-        [(0, 256), (256, 512), (512, 520)]
-    """
-    return [(s, min(s + GROUP_SIZE, num_leaves)) for s in range(0, num_leaves, GROUP_SIZE)]
 
 
 def hyper_vector(
@@ -108,7 +97,7 @@ def sum_of_squares(leaves: Sequence[jax.Array]) -> jax.Array:
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from scirs2_optim_jax.kernels import kernels_available
+        >>> from scirs2_optim_jax.engine.kernels import kernels_available
         >>> not kernels_available() or sum_of_squares([jnp.array([3.0, 4.0])]).tolist() == [25.0]
         True
     """
