@@ -1,48 +1,76 @@
 """scirs2-optim-jax: optax-compatible optimizers for JAX, sharding- and memory-aware.
 
-Everything here is a re-export; the implementations live in topical modules. Importing
-the package loads only the core (transforms, optimizers, schedules, precision, resilience;
-it needs jax, optax and numpy). The other layers load on first use of one of their names:
+Everything here is a re-export; the implementations live in topical modules. Names load
+on first use, so that ``import scirs2_optim_jax`` costs nothing until a name is used and
+the command line answers ``--help`` without starting JAX: the first core name
+(``so.adamw``, ``so.chain``, ``so.warmup_cosine``, ...) loads the core (transforms,
+optimizers, schedules, precision, resilience; jax, optax and numpy), which then costs what
+``import optax`` costs. The other layers load on first use of one of their names:
 ``parallel``, ``engine`` (and ``apply_gradients``), ``checkpoint`` (extra ``[checkpoint]``),
 ``monitor`` (extra ``[monitor]``), ``config``, ``training``, ``bench`` and ``cli``.
 """
 
+from __future__ import annotations
+
 import importlib
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scirs2_optim_jax import optimizers, precision, resilience, schedules, transforms, validation
-from scirs2_optim_jax.optimizers import (
-    adagrad,
-    adam,
-    adamw,
-    lamb,
-    lars,
-    lion,
-    radam,
-    rmsprop,
-    sgd,
-)
-from scirs2_optim_jax.precision import (
-    DynamicLossScale,
-    LossScaleState,
-    MasterWeightsState,
-    precision_policy,
-    scaled_value_and_grad,
-    with_master_weights,
-)
-from scirs2_optim_jax.resilience import (
-    FallbackState,
-    SkipNonFiniteState,
-    fallback_on_failure,
-    skip_non_finite,
-)
-from scirs2_optim_jax.schedules import *  # noqa: F403
-from scirs2_optim_jax.schedules import __all__ as _schedules_all
-from scirs2_optim_jax.transforms import *  # noqa: F403
-from scirs2_optim_jax.transforms import __all__ as _transforms_all
+if TYPE_CHECKING:  # what static tools see; at run time the same names load on first use
+    from scirs2_optim_jax import (
+        optimizers,
+        precision,
+        resilience,
+        schedules,
+        transforms,
+        validation,
+    )
+    from scirs2_optim_jax.optimizers import (
+        adagrad,
+        adam,
+        adamw,
+        lamb,
+        lars,
+        lion,
+        radam,
+        rmsprop,
+        sgd,
+    )
+    from scirs2_optim_jax.precision import (
+        DynamicLossScale,
+        LossScaleState,
+        MasterWeightsState,
+        precision_policy,
+        scaled_value_and_grad,
+        with_master_weights,
+    )
+    from scirs2_optim_jax.resilience import (
+        FallbackState,
+        SkipNonFiniteState,
+        fallback_on_failure,
+        skip_non_finite,
+    )
+    from scirs2_optim_jax.schedules import *  # noqa: F403
+    from scirs2_optim_jax.transforms import *  # noqa: F403
 
 __version__ = "0.1.0"
+
+# The core's modules, and the modules whose public names (``__all__``) are re-exported here.
+_CORE_MODULES = ("optimizers", "precision", "resilience", "schedules", "transforms", "validation")
+_CORE_NAMES_FROM = {
+    "optimizers": ("adagrad", "adam", "adamw", "lamb", "lars", "lion", "radam", "rmsprop", "sgd"),
+    "precision": (
+        "DynamicLossScale",
+        "LossScaleState",
+        "MasterWeightsState",
+        "precision_policy",
+        "scaled_value_and_grad",
+        "with_master_weights",
+    ),
+    "resilience": ("FallbackState", "SkipNonFiniteState", "fallback_on_failure", "skip_non_finite"),
+    "schedules": None,  # None: all of the module's __all__
+    "transforms": None,
+}
 
 # Subpackages above the core, loaded on first attribute access.
 _SUBPACKAGES = ("bench", "checkpoint", "cli", "config", "engine", "monitor", "parallel", "training")
@@ -69,6 +97,22 @@ _LAZY = {
 _DEPRECATED = ("FactorUpdate", "FusedUpdate", "fused_adam_family")
 
 
+def _load_core() -> list[str]:
+    """Imports the core and binds its public names here; returns them (the ``__all__``)."""
+    names = list(_CORE_MODULES)
+    for module_name in _CORE_MODULES:
+        module = importlib.import_module(f"scirs2_optim_jax.{module_name}")
+        globals()[module_name] = module
+        if module_name not in _CORE_NAMES_FROM:
+            continue
+        exported = _CORE_NAMES_FROM[module_name] or module.__all__
+        for name in exported:
+            globals()[name] = getattr(module, name)
+        names += exported
+    globals()["__all__"] = names
+    return names
+
+
 def __getattr__(name: str) -> Any:
     if name in _SUBPACKAGES:
         return importlib.import_module(f"scirs2_optim_jax.{name}")
@@ -83,42 +127,19 @@ def __getattr__(name: str) -> Any:
             DeprecationWarning,
             stacklevel=2,
         )
-        return getattr(transforms, name)
+        return getattr(importlib.import_module("scirs2_optim_jax.transforms"), name)
+    if "__all__" not in globals() and not name.startswith("__"):
+        _load_core()
+        if name in globals():
+            return globals()[name]
+    if name == "__all__":
+        # A star import asks for the core's names: the eager ones (it never loads an
+        # optional layer); the lazy ones are listed by dir() and documented with their
+        # subpackages.
+        return _load_core()
     raise AttributeError(f"module 'scirs2_optim_jax' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_SUBPACKAGES) | set(_LAZY))
-
-
-# The eager names (a star import never loads an optional layer); the lazy ones are listed by
-# __dir__ and documented with their subpackages.
-__all__ = [
-    "DynamicLossScale",
-    "FallbackState",
-    "LossScaleState",
-    "MasterWeightsState",
-    "SkipNonFiniteState",
-    "adagrad",
-    "adam",
-    "adamw",
-    "fallback_on_failure",
-    "lamb",
-    "lars",
-    "lion",
-    "optimizers",
-    "precision",
-    "precision_policy",
-    "radam",
-    "resilience",
-    "rmsprop",
-    "scaled_value_and_grad",
-    "schedules",
-    "sgd",
-    "skip_non_finite",
-    "transforms",
-    "validation",
-    "with_master_weights",
-    *_schedules_all,
-    *_transforms_all,
-]
+    core = globals().get("__all__") or _load_core()
+    return sorted(set(globals()) | set(core) | set(_SUBPACKAGES) | set(_LAZY))

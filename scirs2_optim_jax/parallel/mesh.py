@@ -15,6 +15,8 @@ from typing import Any
 import jax
 from jax.sharding import AxisType, Mesh
 
+from scirs2_optim_jax.parallel.accelerator import memory_settings_report
+
 __all__ = ["DeviceInfo", "DeviceSummary", "device_summary", "make_data_mesh"]
 
 _AXIS_TYPES = {"explicit": AxisType.Explicit, "auto": AxisType.Auto}
@@ -170,10 +172,6 @@ def device_summary(devices: Sequence[jax.Device] | None = None) -> DeviceSummary
         for d in devices
     )
     memories = [info.memory_bytes for info in infos]
-    # Imported here: the config package imports the training demo, which needs no parallel
-    # code, but keeping the edge one-way at import time avoids a cycle as both grow.
-    from scirs2_optim_jax.config.accelerator import memory_settings_report
-
     return DeviceSummary(
         platform=_one_or_mixed([i.platform for i in infos]),
         kind=_one_or_mixed([i.kind for i in infos]),
