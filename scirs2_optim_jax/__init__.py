@@ -97,8 +97,21 @@ _LAZY = {
 _DEPRECATED = ("FactorUpdate", "FusedUpdate", "fused_adam_family")
 
 
+_loading: list[bool] = []
+
+
 def _load_core() -> list[str]:
     """Imports the core and binds its public names here; returns them (the ``__all__``)."""
+    if _loading:  # a name asked for while the core itself is importing: not bound yet
+        raise AttributeError("scirs2_optim_jax: the core is still importing")
+    _loading.append(True)
+    try:
+        return _bind_core()
+    finally:
+        _loading.clear()
+
+
+def _bind_core() -> list[str]:
     names = list(_CORE_MODULES)
     for module_name in _CORE_MODULES:
         module = importlib.import_module(f"scirs2_optim_jax.{module_name}")
@@ -114,7 +127,9 @@ def _load_core() -> list[str]:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBPACKAGES:
+    # A module of the package (``from scirs2_optim_jax import validation`` inside the core
+    # asks for it this way before importing it): that module alone.
+    if name in _SUBPACKAGES or name in _CORE_MODULES:
         return importlib.import_module(f"scirs2_optim_jax.{name}")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)

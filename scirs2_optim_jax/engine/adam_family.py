@@ -69,10 +69,12 @@ def match_adam_family(chain: Chain) -> AdamFamilyPlan | None:
     """The plan for ``chain`` if the kernel computes exactly it, else None.
 
     Example:
-        >>> from scirs2_optim_jax.optimizers import adamw, lion
+        >>> from scirs2_optim_jax.optimizers import adamw, lamb
         >>> match_adam_family(adamw(1e-3).description).kind
         'adam'
-        >>> match_adam_family(lion(1e-3).description) is None
+        >>> match_adam_family(lamb(1e-3).description).kind
+        'lamb'
+        >>> match_adam_family(adamw(1e-3, fused=False).description) is None
         True
     """
     if chain.fused is False:

@@ -119,8 +119,8 @@ def clip_factor(norm: jax.Array, max_norm: Any) -> jax.Array:
 
     Example:
         >>> import jax.numpy as jnp
-        >>> float(clip_factor(jnp.float32(5.0), 1.0)), float(clip_factor(jnp.float32(0.5), 1.0))
-        (0.2, 1.0)
+        >>> float(clip_factor(jnp.float32(4.0), 1.0)), float(clip_factor(jnp.float32(0.5), 1.0))
+        (0.25, 1.0)
     """
     return jnp.where(norm < max_norm, 1.0, max_norm / norm)
 
