@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
-from typing import Any
+import operator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, overload
 
 import jax
 import numpy as np
 
 __all__ = [
     "check_bool",
+    "check_callable",
     "check_dtype",
     "check_in_range",
+    "check_int",
     "check_learning_rate",
     "check_mask",
     "check_non_negative",
+    "check_one_of",
     "check_positive",
     "check_tree_matches",
     "reraise_with_context",
@@ -208,3 +212,115 @@ def resolve_mask(mask: Any, params: Any) -> Any:
 
 
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
+
+
+@overload
+def check_int(
+    fn: str,
+    name: str,
+    value: Any,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    *,
+    allow_none: Literal[False] = False,
+) -> int: ...
+
+
+@overload
+def check_int(
+    fn: str,
+    name: str,
+    value: Any,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    *,
+    allow_none: bool,
+) -> int | None: ...
+
+
+def check_int(
+    fn: str,
+    name: str,
+    value: Any,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    *,
+    allow_none: bool = False,
+) -> int | None:
+    """Returns ``value`` as a Python int, raising unless it is an integer in range.
+
+    Accepts Python and NumPy integers (anything with ``__index__``), not bools or floats.
+
+    Args:
+        fn, name: the function and argument named in the error.
+        value: the value to check.
+        minimum, maximum: inclusive bounds; None: unbounded on that side.
+        allow_none: None is accepted (and returned).
+
+    Returns:
+        ``int(value)``, or None when ``value`` is None and ``allow_none``.
+
+    Raises:
+        TypeError: ``value`` is not an integer (``f"{fn}: {name} must be an integer, got ..."``).
+        ValueError: it is out of range (``"... must be an integer >= 1, got 0"``).
+
+    Example:
+        >>> check_int("f", "steps", np.int64(3), 1)
+        3
+        >>> check_int("f", "steps", 0, 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: f: steps must be an integer >= 1, got 0
+    """
+    if value is None and allow_none:
+        return None
+    optional = " or None" if allow_none else ""
+    if isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be an integer{optional}, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be an integer{optional}, got {value!r}") from None
+    low_ok = minimum is None or number >= minimum
+    high_ok = maximum is None or number <= maximum
+    if not (low_ok and high_ok):
+        if minimum is not None and maximum is not None:
+            bound = f"in [{minimum}, {maximum}]"
+        elif minimum is not None:
+            bound = f">= {minimum}"
+        else:
+            bound = f"<= {maximum}"
+        raise ValueError(f"{fn}: {name} must be an integer {bound}{optional}, got {value!r}")
+    return number
+
+
+def check_one_of(fn: str, name: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raises ``ValueError`` unless ``value`` is one of ``choices`` (listed in the message).
+
+    Example:
+        >>> check_one_of("f", "mode", "fp8", ("fp32", "bf16"))
+        Traceback (most recent call last):
+        ...
+        ValueError: f: mode must be one of fp32, bf16, got 'fp8'
+    """
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(
+            f"{fn}: {name} must be one of {', '.join(map(str, choices))}, got {value!r}"
+        )
+
+
+def check_callable(fn: str, name: str, value: Any, *, allow_none: bool = False) -> None:
+    """Raises ``TypeError`` unless ``value`` is callable (or None, with ``allow_none``).
+
+    Example:
+        >>> check_callable("f", "on_log", print)
+        >>> check_callable("f", "on_log", 3, allow_none=True)
+        Traceback (most recent call last):
+        ...
+        TypeError: f: on_log must be a callable or None, got 3
+    """
+    if value is None and allow_none:
+        return
+    if not callable(value):
+        expected = "a callable or None" if allow_none else "a callable"
+        raise TypeError(f"{fn}: {name} must be {expected}, got {value!r}")

@@ -1,5 +1,5 @@
 """CheckpointManager: save/restore, asynchronous saves, retention, the save interval, and
-types that survive a restore with or without a target (issue #5, points 1 and 2)."""
+types that survive a restore with or without a target."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Crash safety and preemption (issue #5, points 5 and 6), with real processes.
+"""Crash safety and preemption (SIGKILL at any moment, SIGTERM), with real processes.
 
 ``checkpoint_workers/train_worker.py`` trains a small MLP for ``STEPS`` steps, saving every
 ``SAVE_EVERY`` (asynchronously, keeping the last 3) and resuming from the newest good

@@ -1,6 +1,6 @@
-"""Integrity and safety (issue #5, points 4 and 7): checksummed manifests, corrupted and
-truncated checkpoints named and skipped, the ``ckpt ls``/``ckpt verify`` command, no pickle,
-nothing outside the directory, nothing overwritten."""
+"""Integrity and safety: checksummed manifests, corrupted and truncated checkpoints named and
+skipped, the ``ckpt ls``/``ckpt verify`` command, no pickle, nothing outside the directory,
+nothing overwritten."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
-from scirs2_optim_jax.checkpoint import CheckpointCorruptError, CheckpointManager
+from scirs2_optim_jax.checkpoint import CheckpointCorruptError, CheckpointManager, CheckpointState
 from scirs2_optim_jax.checkpoint.commands import add_parser
+from scirs2_optim_jax.checkpoint.integrity import array_sha256, json_sha256
 
 
 def _save_steps(directory: Path, steps: tuple[int, ...] = (1, 2, 3)) -> None:
@@ -125,8 +127,6 @@ def test_every_step_bad_raises_listing_them(tmp_path: Path) -> None:
 
 
 def test_manifest_has_a_checksum_per_array_and_for_the_metadata(tmp_path: Path) -> None:
-    from scirs2_optim_jax.checkpoint.integrity import array_sha256, json_sha256
-
     _save_steps(tmp_path, (4,))
     manifest = json.loads((tmp_path / "4" / "manifest" / "manifest.json").read_text())
     meta = json.loads((tmp_path / "4" / "meta" / "meta.json").read_text())
@@ -136,6 +136,99 @@ def test_manifest_has_a_checksum_per_array_and_for_the_metadata(tmp_path: Path) 
         "leaf_00001": array_sha256(np.full((64, 32), 4, np.float32)),
     }
     assert manifest["metadata_sha256"] == json_sha256(meta)
+
+
+# The metadata and manifest of one step as the first release of the format wrote them.
+# Checkpoints written then must keep restoring, so a save must still write exactly this.
+_GOLDEN_META = {
+    "format": "scirs2_optim_jax.checkpoint/1",
+    "step": 5,
+    "tree": {
+        "nodes": {
+            "type": "scirs2_optim_jax.checkpoint.manager:CheckpointState",
+            "path": "",
+            "aux": None,
+            "children": [
+                {
+                    "type": "builtins:dict",
+                    "path": ".params",
+                    "aux": {"list": ["w"]},
+                    "children": [{"leaf": 0}],
+                },
+                {
+                    "type": "builtins:tuple",
+                    "path": ".opt_state",
+                    "aux": None,
+                    "children": [{"leaf": 1}],
+                },
+                {"leaf": 2},
+                {
+                    "type": "builtins:dict",
+                    "path": ".data_position",
+                    "aux": {"list": ["epoch"]},
+                    "children": [{"leaf": 3}],
+                },
+            ],
+        },
+        "leaves": [
+            {
+                "path": ".params['w']",
+                "kind": "numpy",
+                "shape": [3],
+                "dtype": "float32",
+                "key_impl": None,
+            },
+            {
+                "path": ".opt_state[0]",
+                "kind": "numpy_scalar",
+                "shape": [],
+                "dtype": "int32",
+                "key_impl": None,
+            },
+            {
+                "path": ".rng",
+                "kind": "key",
+                "shape": [],
+                "dtype": "uint32",
+                "key_impl": "threefry2x32",
+            },
+            {
+                "path": ".data_position['epoch']",
+                "kind": "int",
+                "shape": [],
+                "dtype": "int64",
+                "key_impl": None,
+            },
+        ],
+    },
+    "metrics": {"loss": 0.25},
+    "config": {"lr": 0.1},
+}
+_GOLDEN_MANIFEST = {
+    "format": "scirs2_optim_jax.checkpoint/1",
+    "step": 5,
+    "arrays": {
+        "leaf_00000": "90ff15c65b0e4ac6c224eb5ffe2891684a9cbdd2ebf50f5f3a07cedaf7d813c4",
+        "leaf_00001": "e80939fbd1653e5ea6bdda7b13bd07b1beb107d6b45dad17ed67bfbac1473003",
+        "leaf_00002": "fb37bedbead866a73f965668bc46ab9f9a3d7f00f296f0109c1a03f43ce98869",
+        "leaf_00003": "1a58d947d9c46434a9a7d204c1a8eae9171d2ff39f5583ef8e668cb8cc4202d9",
+    },
+    "metadata_sha256": "bbbc775c6a6a3231205ce029386d456e40320ce51b2a5d0278915006e7a3ce9c",
+}
+
+
+def test_on_disk_metadata_and_manifest_are_stable(tmp_path: Path) -> None:
+    state = CheckpointState(
+        {"w": np.arange(3, dtype=np.float32)}, (np.int32(2),), jax.random.key(0), {"epoch": 1}
+    )
+    with CheckpointManager(tmp_path, async_save=False) as mgr:
+        mgr.save(5, state, {"loss": 0.25}, {"lr": 0.1})
+        restored = mgr.restore(5)
+    assert json.loads((tmp_path / "5" / "meta" / "meta.json").read_text()) == _GOLDEN_META
+    manifest = json.loads((tmp_path / "5" / "manifest" / "manifest.json").read_text())
+    assert manifest == _GOLDEN_MANIFEST
+    assert type(restored.state) is CheckpointState
+    assert restored.state.data_position == {"epoch": 1}
 
 
 def test_restore_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,5 @@
-"""Restore anywhere (issue #5, point 3): state sharded over 8 devices is saved in its canonical
-layout and restored onto 4 devices, onto 1 device, and back onto 8, with equal values."""
+"""Restore anywhere: state sharded over 8 devices is saved in its canonical layout and
+restored onto 4 devices, onto 1 device, and back onto 8, with equal values."""
 
 from __future__ import annotations
 

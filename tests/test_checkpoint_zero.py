@@ -1,6 +1,6 @@
-"""ZeRO checkpoints (issue #5, point 3): an optimizer state partitioned over 8 devices (padded
-and flattened in memory) is saved canonically and restored onto 4 devices with ZeRO, onto 1
-device unsharded, and back onto 8, with equal values; training continues identically."""
+"""ZeRO checkpoints: an optimizer state partitioned over 8 devices (padded and flattened in
+memory) is saved canonically and restored onto 4 devices with ZeRO, onto 1 device unsharded,
+and back onto 8, with equal values; training continues identically."""
 
 from __future__ import annotations
 

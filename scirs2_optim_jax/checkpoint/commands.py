@@ -4,7 +4,8 @@
     scirs2-optim ckpt verify DIR [--step N]  exit 1 when a checkpoint (or the step) is bad
 
 Exit codes: 0 success; 2 bad usage (one message, no traceback); 1 a bad or missing
-checkpoint. The handler imports JAX and Orbax itself, so building the parser stays cheap.
+checkpoint. The handler imports the manager (and with it JAX and Orbax) itself, so building
+the parser stays cheap and does not need Orbax.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from scirs2_optim_jax.checkpoint.errors import CheckpointCorruptError
 
 __all__ = ["add_parser"]
 
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
 
-    from scirs2_optim_jax.checkpoint.errors import CheckpointCorruptError
+    # Loads JAX and Orbax, which only running a command needs.
     from scirs2_optim_jax.checkpoint.manager import CheckpointManager
 
     try:

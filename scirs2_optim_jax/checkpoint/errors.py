@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointCorruptError"]
+__all__ = ["CheckpointCorruptError", "short_reason"]
 
 
 class CheckpointCorruptError(ValueError):
@@ -27,3 +27,15 @@ class CheckpointCorruptError(ValueError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.step, self.path, self.reason))
+
+
+def short_reason(err: BaseException) -> str:
+    """Describes a low-level read error in one line: its type and message, without the
+    tensorstore spec that follows, at most 400 characters of it.
+
+    Example:
+        >>> short_reason(OSError("disk gone [tensorstore_spec='...']"))
+        'OSError: disk gone'
+    """
+    text = str(err).split(" [tensorstore_spec")[0]
+    return f"{type(err).__name__}: {text[:400]}"

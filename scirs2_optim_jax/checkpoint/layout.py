@@ -1,11 +1,11 @@
 """Moving a train state between its in-memory layout and the canonical one on disk.
 
-A checkpoint always stores the canonical layout (DESIGN.md, principle 5): every array at its
-full logical shape, on the host, whatever sharding or padding it had in memory. Plain sharded
-``jax.Array`` leaves need nothing more than a gather, which :func:`to_host` does, across
-processes too. States that
-are laid out differently in memory, such as ZeRO's padded and flattened optimizer shards, pass
-a :class:`Layout`: a pair of functions to and from the canonical tree.
+A checkpoint always stores the canonical layout: every array at its full logical shape, on
+the host, whatever sharding or padding it had in memory, so that it restores onto any sharding,
+any number of processes or one device. Plain sharded ``jax.Array`` leaves need nothing more
+than a gather, which :func:`to_host` does, across processes too. States that are laid out
+differently in memory, such as ZeRO's padded and flattened optimizer shards, pass a
+:class:`Layout`: a pair of functions to and from the canonical tree.
 """
 
 from __future__ import annotations
