@@ -18,7 +18,7 @@ import yaml
 
 import scirs2_optim_jax
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 # Modules without an API page: the command line (documented by its --help and the guide
 # pages), ``python -m`` support, internal argument checking, and deprecated shims of moved

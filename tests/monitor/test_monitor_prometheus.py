@@ -41,7 +41,7 @@ from scirs2_optim_jax.monitor import (
 from scirs2_optim_jax.resilience import skip_non_finite
 from scirs2_optim_jax.training import MLP, iterate_batches, load_digits_split
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 TOKEN = "test-token-9f8e7d"
 
 

@@ -27,7 +27,7 @@ import pytest
 from scirs2_optim_jax.checkpoint import CheckpointManager
 
 WORKER = Path(__file__).parent / "checkpoint_workers" / "train_worker.py"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STEPS, SAVE_EVERY = 60, 3
 TRIALS = 10
 EVENT_TIMEOUT = 60.0
