@@ -37,6 +37,8 @@ import pytest
 
 from scirs2_optim_jax import cli
 from scirs2_optim_jax.checkpoint import CheckpointManager
+from scirs2_optim_jax.cli.train import start_monitor
+from scirs2_optim_jax.cli.train_settings import train_settings
 from scirs2_optim_jax.parallel import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -321,8 +323,8 @@ def test_multiprocess_settings_errors_exit_2_before_joining(
 
 def test_multiprocess_default_is_every_device() -> None:
     args = cli.build_parser().parse_args(["train"])
-    assert cli._train_settings(args, {}, processes=2)["train"]["devices"] is None
-    assert cli._train_settings(args, {}, processes=1)["train"]["devices"] == 1
+    assert train_settings(args, {}, processes=2)["train"]["devices"] is None
+    assert train_settings(args, {}, processes=1)["train"]["devices"] == 1
 
 
 def test_metrics_host_comes_from_the_environment() -> None:
@@ -330,7 +332,7 @@ def test_metrics_host_comes_from_the_environment() -> None:
         ({}, "127.0.0.1"),
         ({cli.METRICS_HOST_VAR: ALL_INTERFACES}, ALL_INTERFACES),
     ):
-        monitor = cli._start_monitor(0, 32, environ)
+        monitor = start_monitor(0, 32, environ)
         try:
             assert monitor.url.startswith(f"http://{host}:"), monitor.url
         finally:

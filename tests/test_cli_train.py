@@ -30,7 +30,8 @@ from rich.console import Console
 
 from scirs2_optim_jax import cli, training
 from scirs2_optim_jax.checkpoint import CheckpointManager
-from scirs2_optim_jax.training import TrainLog, make_schedule, train_digits
+from scirs2_optim_jax.config import make_schedule
+from scirs2_optim_jax.training import TrainLog, train_digits
 from scirs2_optim_jax.training.report import ProgressReporter
 
 SMALL = ["--batch-size", "32", "--log-every", "0"]
@@ -236,6 +237,21 @@ def test_config_file_sets_the_run_and_options_override_it(
     assert code == 0, err
     assert out.splitlines()[0].startswith("train: adamw, peak lr 1.0e-02 (warmup-cosine), 5 steps")
     assert "seed 1" in out.splitlines()[0]
+
+
+def test_config_and_option_name_any_registry_schedule_in_either_spelling(tmp_path: Path) -> None:
+    from scirs2_optim_jax.cli.train_settings import train_settings
+
+    config = tmp_path / "run.toml"
+    config.write_text('[schedule]\nname = "one_cycle"\n')
+    args = cli.build_parser().parse_args(["train", "--config", str(config)])
+    assert train_settings(args, {})["train"]["schedule"] == "one-cycle"
+    args = cli.build_parser().parse_args(
+        ["train", "--config", str(config), "--schedule", "warmup-constant"]
+    )
+    settings = train_settings(args, {})
+    assert settings["train"]["schedule"] == "warmup-constant"
+    assert settings["config"].schedule.name == "warmup_constant"
 
 
 @pytest.mark.parametrize(

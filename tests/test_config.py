@@ -29,6 +29,7 @@ from scirs2_optim_jax.config import (
     ScheduleConfig,
     build_loss_scale,
     build_optimizer,
+    build_schedule,
     checkpoint_record,
     config_from_record,
     load_config,
@@ -411,3 +412,87 @@ def test_every_field_and_variable_is_documented() -> None:
     for path, _, _, _ in field_docs(RunConfig):
         assert f"`{path}`" in text, path
         assert "SCIRS2_OPTIM_" + path.replace(".", "__").upper() in text, path
+
+
+# -- the one registry and builder ----------------------------------------------------------
+
+
+def test_registry_lists_every_optimizer_once_with_the_fields_its_alias_takes() -> None:
+    import inspect
+
+    from scirs2_optim_jax.config import registry
+
+    assert OPTIMIZER_NAMES is registry.OPTIMIZERS
+    assert list(registry.OPTIMIZER_FIELDS) == list(registry.OPTIMIZERS)
+    for name, fields in registry.OPTIMIZER_FIELDS.items():
+        accepted = set(inspect.signature(getattr(optimizers, name)).parameters)
+        assert set(fields) <= set(registry.HYPERPARAMETER_FIELDS), name
+        assert set(fields.values()) <= accepted, name
+        assert (name in registry.WHOLE_LEAF_NORMS) == ("axis_name" in accepted), name
+
+
+@pytest.mark.parametrize("name", ["warmup-cosine", "warmup_cosine", " One-Cycle ", "linear"])
+def test_schedule_names_are_accepted_in_both_spellings(name: str) -> None:
+    from scirs2_optim_jax.config import make_schedule, registry
+
+    canonical = registry.canonical_schedule("test", name)
+    assert canonical in registry.SCHEDULES
+    assert registry.command_line_schedule(name) == canonical.replace("_", "-")
+    assert ScheduleConfig(name=name, total_steps=100).name == canonical
+    config_schedule = build_schedule(ScheduleConfig(name=name, total_steps=100), 1.0)
+    by_name = make_schedule(name, 1.0, 100)
+    steps = jnp.arange(0, 101, 10)
+    np.testing.assert_allclose(config_schedule(steps), by_name(steps))
+
+
+def test_unknown_schedule_names_the_choices() -> None:
+    from scirs2_optim_jax.config import make_schedule
+
+    with pytest.raises(ValueError, match=r"config: schedule\.name must be one of 'warmup_cosine'"):
+        ScheduleConfig(name="step")
+    with pytest.raises(ValueError, match=r"make_schedule: schedule must be one of warmup_cosine"):
+        make_schedule("step", 1.0, 10)
+
+
+def test_build_optimizer_is_make_optimizer_for_a_config() -> None:
+    from scirs2_optim_jax.config import make_optimizer, optimizer_arguments
+
+    config = dataclasses.replace(
+        production_default(),
+        optimizer=OptimizerConfig(name="lamb", learning_rate=2e-3, weight_decay=0.1),
+        schedule=ScheduleConfig(name="linear", total_steps=50, min_lr_ratio=0.2),
+    )
+    by_config = build_optimizer(config)
+    by_name, _ = make_optimizer(
+        "lamb",
+        2e-3,
+        50,
+        schedule="linear",
+        hyperparameters=optimizer_arguments(config.optimizer),
+        max_global_norm=1.0,
+        min_lr_ratio=0.2,
+    )
+    params = {"w": jnp.linspace(-1.0, 1.0, 6), "b": jnp.ones(3)}
+    a, _ = _run(by_config, params, steps=3)
+    b, _ = _run(by_name, params, steps=3)
+    for key in params:
+        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+
+
+def test_make_optimizer_rejects_what_the_alias_does_not_take() -> None:
+    from scirs2_optim_jax.config import make_optimizer
+
+    with pytest.raises(ValueError, match="make_optimizer: sgd takes no hyperparameter 'b1'"):
+        make_optimizer("sgd", 0.1, 10, hyperparameters={"b1": 0.9})
+    with pytest.raises(ValueError, match="make_optimizer: optimizer must be one of adamw"):
+        make_optimizer("adamx", 0.1, 10)
+
+
+def test_demo_models_moved_to_training_and_warn_from_config() -> None:
+    from scirs2_optim_jax import config
+    from scirs2_optim_jax.training import demo_models
+
+    with pytest.warns(DeprecationWarning, match="training.demo_models.demo_model"):
+        assert config.demo_model is demo_models.demo_model
+    with pytest.warns(DeprecationWarning):
+        assert config.DEMO_MODELS == demo_models.DEMO_MODELS

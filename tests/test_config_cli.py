@@ -1,4 +1,4 @@
-"""The `plan` subcommand, driven through an argparse parser as the CLI will wire it."""
+"""The `plan` subcommand (scirs2_optim_jax.cli.plan), driven through an argparse parser."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 import jax
 import pytest
 
+from scirs2_optim_jax.cli import plan
+from scirs2_optim_jax.cli.plan import add_parser
 from scirs2_optim_jax.config import (
-    DEMO_MODELS,
-    demo_model,
     load_config,
     plan_for_config,
     plan_memory,
     production_default,
 )
-from scirs2_optim_jax.config.commands import _DEMO_MODELS, add_parser
+from scirs2_optim_jax.training.demo_models import DEMO_MODELS, demo_model
 
 
 def _main(argv: list[str]) -> int:
@@ -128,7 +128,7 @@ def test_plan_bad_config_exits_2_with_one_message(
 
 
 def test_plan_usage_errors_and_model_names() -> None:
-    assert _DEMO_MODELS == DEMO_MODELS
+    assert plan.DEMO_MODELS == DEMO_MODELS
     with pytest.raises(SystemExit) as info:
         _main(["plan", "--model", "resnet"])
     assert info.value.code == 2

@@ -22,7 +22,6 @@ from scirs2_optim_jax.config import (
     build_optimizer,
     compiled_memory,
     compiled_train_step_memory,
-    demo_model,
     plan_for_config,
     plan_memory,
     profile_activations,
@@ -30,6 +29,7 @@ from scirs2_optim_jax.config import (
     zero_shard_elements,
 )
 from scirs2_optim_jax.precision import MasterWeightsState, cast_floating, with_master_weights
+from scirs2_optim_jax.training.demo_models import demo_model
 from scirs2_optim_jax.training.models import MLP
 from tests.helpers import random_tree
 

@@ -189,3 +189,45 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert proc.returncode == 2
     assert "--steps" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_registry_optimizer_has_a_default_learning_rate() -> None:
+    from scirs2_optim_jax.config import registry
+
+    assert training.OPTIMIZERS == registry.OPTIMIZERS
+    assert training.SCHEDULES == registry.COMMAND_LINE_SCHEDULES
+    for name in registry.OPTIMIZERS:
+        assert training.default_learning_rate(name) > 0
+
+
+def test_spec_accepts_both_schedule_spellings_and_keeps_the_hyphens() -> None:
+    hyphens = training.TrainSpec.create(steps=10, schedule="warmup-constant")
+    underscores = training.TrainSpec.create(steps=10, schedule="warmup_constant")
+    assert hyphens == underscores and hyphens.schedule == "warmup-constant"
+    with pytest.raises(ValueError, match="train_digits: schedule must be one of warmup-cosine"):
+        training.TrainSpec.create(steps=10, schedule="step")
+
+
+def test_moved_builders_warn_and_behave_the_same() -> None:
+    from scirs2_optim_jax import config
+
+    with pytest.warns(DeprecationWarning, match=r"training\.make_schedule moved to .*config"):
+        make_schedule = training.make_schedule
+    with pytest.warns(DeprecationWarning, match=r"training\.make_optimizer moved"):
+        make_optimizer = training.make_optimizer
+    assert make_schedule is config.make_schedule and make_optimizer is config.make_optimizer
+    schedule = make_schedule("warmup-cosine", 1.0, 100)
+    np.testing.assert_allclose(
+        float(schedule(50)), float(config.make_schedule("warmup_cosine", 1.0, 100)(50))
+    )
+
+
+def test_names_that_left_the_loop_module_warn_and_work() -> None:
+    from scirs2_optim_jax.training import loop, result, spec
+
+    with pytest.warns(DeprecationWarning, match=r"loop\.TrainSpec moved to .*training\.spec"):
+        assert loop.TrainSpec is spec.TrainSpec
+    with pytest.warns(DeprecationWarning, match=r"loop\.params_sha256 moved"):
+        assert loop.params_sha256 is result.params_sha256
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        loop.nothing  # noqa: B018

@@ -18,7 +18,8 @@ import numpy as np
 import optax
 
 from scirs2_optim_jax import optimizers, precision, schedules
-from scirs2_optim_jax.transforms import clipping, fused
+from scirs2_optim_jax.transforms import clipping
+from scirs2_optim_jax.transforms.combine import chain
 
 __all__ = ["CONFIGS", "BenchConfig", "leaf_shapes", "transformer_shapes"]
 
@@ -196,7 +197,7 @@ def _configs() -> dict[str, BenchConfig]:
             "d",
             "clip(1.0) + adamw + warmup-cosine, 200 leaves",
             _list_tree(200),
-            lambda: fused.chain(
+            lambda: chain(
                 clipping.clip_by_global_norm(1.0),
                 optimizers.adamw(_warmup_cosine(), weight_decay=1e-4, state_layout=_layout()),
             ),
@@ -218,7 +219,7 @@ def _configs() -> dict[str, BenchConfig]:
             "f",
             "clip + lamb + warmup-cosine, 2,000 leaves",
             _list_tree(2000),
-            lambda: fused.chain(
+            lambda: chain(
                 clipping.clip_by_global_norm(1.0),
                 optimizers.lamb(_warmup_cosine(), weight_decay=1e-4, state_layout=_layout()),
             ),

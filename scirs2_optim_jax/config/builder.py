@@ -1,29 +1,33 @@
-"""Building the optimizer a :class:`RunConfig` describes.
+"""The one builder of optimizers and schedules, by name or from a :class:`RunConfig`.
 
-``build_optimizer(config)`` is, in order: global-norm clipping (``[clipping]``), the
-optimizer alias with its schedule (``[optimizer]`` after the feature flags, ``[schedule]``),
-and, for a bf16/fp16 run with ``precision.master_weights``, the float32 master-weights
-wrapper around both. Loss scaling is not a gradient transformation (it acts on the loss
-before differentiation): :func:`build_loss_scale` returns it separately.
+:func:`make_schedule` and :func:`make_optimizer` build a schedule and an optimizer from the
+names in :mod:`~scirs2_optim_jax.config.registry` and plain numbers; the demo training job
+uses them directly. :func:`build_optimizer` is the same build for a :class:`RunConfig`: in
+order, global-norm clipping (``[clipping]``), the optimizer alias with its schedule
+(``[optimizer]`` after the feature flags, ``[schedule]``), and, for a bf16/fp16 run with
+``precision.master_weights``, the float32 master-weights wrapper around both. Loss scaling
+is not a gradient transformation (it acts on the loss before differentiation):
+:func:`build_loss_scale` returns it separately.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import optax
 
 from scirs2_optim_jax import optimizers
+from scirs2_optim_jax import schedules as s
+from scirs2_optim_jax import validation as v
+from scirs2_optim_jax.config import registry
 from scirs2_optim_jax.config.flags import resolve_optimizer
 from scirs2_optim_jax.config.schema import OptimizerConfig, RunConfig, ScheduleConfig
 from scirs2_optim_jax.precision import DynamicLossScale, with_master_weights
-from scirs2_optim_jax.schedules import (
-    Schedule,
-    constant_schedule,
-    warmup_constant_schedule,
-    warmup_cosine,
-)
+from scirs2_optim_jax.schedules import Schedule
 from scirs2_optim_jax.transforms.clipping import clip_by_global_norm
 from scirs2_optim_jax.transforms.norms import AxisName
 
@@ -32,72 +36,134 @@ __all__ = [
     "build_loss_scale",
     "build_optimizer",
     "build_schedule",
+    "make_optimizer",
+    "make_schedule",
     "optimizer_arguments",
 ]
 
 # For each alias: which [optimizer] fields it takes, and under which argument name.
-APPLICABLE_FIELDS: dict[str, dict[str, str]] = {
-    "adam": {
-        "b1": "b1",
-        "b2": "b2",
-        "eps": "eps",
-        "nesterov": "nesterov",
-        "mu_dtype": "mu_dtype",
-        "nu_dtype": "nu_dtype",
-    },
-    "adamw": {
-        "b1": "b1",
-        "b2": "b2",
-        "eps": "eps",
-        "weight_decay": "weight_decay",
-        "nesterov": "nesterov",
-        "mu_dtype": "mu_dtype",
-        "nu_dtype": "nu_dtype",
-    },
-    "radam": {
-        "b1": "b1",
-        "b2": "b2",
-        "eps": "eps",
-        "nesterov": "nesterov",
-        "mu_dtype": "mu_dtype",
-        "nu_dtype": "nu_dtype",
-    },
-    "lamb": {
-        "b1": "b1",
-        "b2": "b2",
-        "eps": "eps",
-        "weight_decay": "weight_decay",
-        "mu_dtype": "mu_dtype",
-        "nu_dtype": "nu_dtype",
-    },
-    "lars": {
-        "weight_decay": "weight_decay",
-        "eps": "eps",
-        "momentum": "momentum",
-        "nesterov": "nesterov",
-        "mu_dtype": "accumulator_dtype",
-    },
-    "sgd": {"momentum": "momentum", "nesterov": "nesterov", "mu_dtype": "accumulator_dtype"},
-    "lion": {"b1": "b1", "b2": "b2", "weight_decay": "weight_decay", "mu_dtype": "mu_dtype"},
-    "rmsprop": {
-        "eps": "eps",
-        "momentum": "momentum",
-        "nesterov": "nesterov",
-        "nu_dtype": "nu_dtype",
-    },
-    "adagrad": {"eps": "eps", "nu_dtype": "accumulator_dtype"},
-}
-_SHARDED_NORMS = ("lamb", "lars")
-_HYPERPARAMETERS = (
-    "weight_decay",
-    "b1",
-    "b2",
-    "eps",
-    "momentum",
-    "nesterov",
-    "mu_dtype",
-    "nu_dtype",
-)
+APPLICABLE_FIELDS: dict[str, dict[str, str]] = registry.OPTIMIZER_FIELDS
+
+
+def make_schedule(
+    name: str,
+    learning_rate: float,
+    steps: int,
+    *,
+    warmup_ratio: float = 0.06,
+    min_lr_ratio: float = 0.01,
+) -> Schedule:
+    """Builds the learning-rate schedule called ``name`` from :mod:`scirs2_optim_jax.schedules`.
+
+    With ``W = ceil(warmup_ratio * steps)`` and ``low = learning_rate * min_lr_ratio``:
+
+    - ``warmup_cosine``: linear warmup over ``W`` steps, cosine decay to ``low`` at ``steps``
+      (:func:`~scirs2_optim_jax.schedules.warmup_cosine`);
+    - ``warmup_constant``: linear warmup over ``W`` steps (at least 1), then constant;
+    - ``constant``: ``learning_rate`` throughout;
+    - ``cosine``: cosine decay from ``learning_rate`` to ``low``, no warmup;
+    - ``linear``: linear decay from ``learning_rate`` to ``low``, no warmup;
+    - ``one_cycle``: cosine one-cycle, rising for the first 30% of the steps
+      (:func:`~scirs2_optim_jax.schedules.cosine_onecycle_schedule`).
+
+    Args:
+        name: one of :data:`~scirs2_optim_jax.config.registry.SCHEDULES`, with underscores
+            or hyphens (``warmup-cosine``).
+        learning_rate: the peak learning rate, a finite number > 0.
+        steps: length of the run, an integer >= 1.
+        warmup_ratio: fraction of ``steps`` spent warming up, in [0, 1).
+        min_lr_ratio: final learning rate as a fraction of the peak, in [0, 1].
+
+    Returns:
+        A schedule: step count -> learning rate (float32).
+
+    Example:
+        >>> schedule = make_schedule("linear", 1.0, 10, min_lr_ratio=0.0)
+        >>> [round(float(schedule(t)), 2) for t in (0, 5, 10)]
+        [1.0, 0.5, 0.0]
+    """
+    fn = "make_schedule"
+    name = registry.canonical_schedule(fn, name)
+    v.check_positive(fn, "learning_rate", learning_rate)
+    v.check_int(fn, "steps", steps, 1)
+    v.check_in_range(fn, "warmup_ratio", warmup_ratio, 0.0, 1.0)
+    v.check_in_range(fn, "min_lr_ratio", min_lr_ratio, 0.0, 1.0, include_high=True)
+    peak, low = float(learning_rate), float(learning_rate) * float(min_lr_ratio)
+    if name == "warmup_cosine":
+        return s.warmup_cosine(peak, steps, warmup_ratio, min_lr_ratio)
+    if name == "warmup_constant":
+        # Rounded first so that 0.07 * 100 gives 7 steps, not 8.
+        warmup = max(1, math.ceil(round(warmup_ratio * steps, 9)))
+        return s.warmup_constant_schedule(0.0, peak, warmup)
+    if name == "constant":
+        return s.constant_schedule(peak)
+    if name == "cosine":
+        return s.cosine_decay_schedule(peak, steps, alpha=float(min_lr_ratio))
+    if name == "linear":
+        return s.linear_schedule(peak, low, steps)
+    return s.cosine_onecycle_schedule(steps, peak)
+
+
+def make_optimizer(
+    optimizer: str,
+    learning_rate: float,
+    steps: int,
+    *,
+    schedule: str = "warmup_cosine",
+    hyperparameters: Mapping[str, Any] | None = None,
+    max_global_norm: float | None = None,
+    warmup_ratio: float = 0.06,
+    min_lr_ratio: float = 0.01,
+    axis_name: AxisName = None,
+) -> tuple[optax.GradientTransformation, Schedule]:
+    """Builds ``optimizer`` on the schedule ``schedule`` peaking at ``learning_rate``.
+
+    Args:
+        optimizer: one of :data:`~scirs2_optim_jax.config.registry.OPTIMIZERS` (an alias in
+            :mod:`scirs2_optim_jax.optimizers`).
+        learning_rate: the peak learning rate, a finite number > 0.
+        steps: length of the run, over which the schedule warms up and decays.
+        schedule: a schedule name (see :func:`make_schedule`).
+        hyperparameters: further keyword arguments of the alias (``weight_decay``, ``b1``,
+            ...), e.g. from :func:`optimizer_arguments`.
+        max_global_norm: clip the gradients to this global norm first; None: no clipping.
+        warmup_ratio, min_lr_ratio: see :func:`make_schedule`.
+        axis_name: the data-parallel mesh axis, given to the clipping and to LAMB/LARS so
+            that their norms cover whole leaves when the leaves are ZeRO shards.
+
+    Returns:
+        ``(tx, schedule)``: the gradient transformation and the schedule it uses, so the
+        caller can report the learning rate of a step.
+
+    Raises:
+        ValueError, TypeError: naming the invalid argument.
+
+    Example:
+        >>> tx, schedule = make_optimizer("adamw", 3e-3, steps=800)
+        >>> float(schedule(0)) < float(schedule(100))
+        True
+    """
+    fn = "make_optimizer"
+    registry.canonical_optimizer(fn, optimizer)
+    lr_schedule = make_schedule(
+        schedule, learning_rate, steps, warmup_ratio=warmup_ratio, min_lr_ratio=min_lr_ratio
+    )
+    alias = getattr(optimizers, optimizer)
+    kwargs = dict(hyperparameters or {})
+    accepted = set(inspect.signature(alias).parameters) - {"learning_rate", "axis_name"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(
+            f"{fn}: {optimizer} takes no hyperparameter {', '.join(map(repr, unknown))} "
+            f"(it takes {', '.join(sorted(accepted))})"
+        )
+    if optimizer in registry.WHOLE_LEAF_NORMS and axis_name is not None:
+        kwargs["axis_name"] = axis_name
+    tx = alias(lr_schedule, **kwargs)
+    if max_global_norm is not None:
+        v.check_positive(fn, "max_global_norm", max_global_norm)
+        tx = optax.chain(clip_by_global_norm(max_global_norm, axis_name=axis_name), tx)
+    return tx, lr_schedule
 
 
 def optimizer_arguments(optimizer: OptimizerConfig) -> dict[str, object]:
@@ -114,7 +180,7 @@ def optimizer_arguments(optimizer: OptimizerConfig) -> dict[str, object]:
     """
     applicable = APPLICABLE_FIELDS[optimizer.name]
     kwargs: dict[str, object] = {}
-    for field in _HYPERPARAMETERS:
+    for field in registry.HYPERPARAMETER_FIELDS:
         value = getattr(optimizer, field)
         if value is None:
             continue
@@ -129,26 +195,22 @@ def optimizer_arguments(optimizer: OptimizerConfig) -> dict[str, object]:
 
 
 def build_schedule(schedule: ScheduleConfig, peak: float) -> Schedule:
-    """The learning-rate schedule of ``[schedule]``, peaking at ``peak``.
-
-    ``warmup_cosine``: :func:`~scirs2_optim_jax.schedules.warmup_cosine`;
-    ``warmup_constant``: linear warmup over ``ceil(warmup_ratio * total_steps)`` steps (at
-    least 1), then constant; ``constant``: ``peak`` throughout.
+    """The learning-rate schedule of ``[schedule]``, peaking at ``peak`` (:func:`make_schedule`).
 
     Example:
         >>> schedule = build_schedule(ScheduleConfig(name="constant"), 0.1)
         >>> round(float(schedule(5)), 4)
         0.1
     """
-    if schedule.name == "warmup_cosine":
-        return warmup_cosine(
-            peak, schedule.total_steps, schedule.warmup_ratio, schedule.min_lr_ratio
-        )
-    if schedule.name == "warmup_constant":
-        # Rounded first so that 0.07 * 100 gives 7 steps, not 8.
-        warmup = max(1, math.ceil(round(schedule.warmup_ratio * schedule.total_steps, 9)))
-        return warmup_constant_schedule(0.0, peak, warmup)
-    return constant_schedule(peak)
+    if not isinstance(schedule, ScheduleConfig):
+        raise TypeError(f"build_schedule: schedule must be a ScheduleConfig, got {schedule!r}")
+    return make_schedule(
+        schedule.name,
+        peak,
+        schedule.total_steps,
+        warmup_ratio=schedule.warmup_ratio,
+        min_lr_ratio=schedule.min_lr_ratio,
+    )
 
 
 def build_optimizer(
@@ -182,15 +244,18 @@ def build_optimizer(
     if not isinstance(config, RunConfig):
         raise TypeError(f"build_optimizer: config must be a RunConfig, got {config!r}")
     optimizer = resolve_optimizer(config)
-    kwargs = optimizer_arguments(optimizer)
-    if optimizer.name in _SHARDED_NORMS and axis_name is not None:
-        kwargs["axis_name"] = axis_name
-    schedule = build_schedule(config.schedule, optimizer.learning_rate)
-    core = getattr(optimizers, optimizer.name)(schedule, **kwargs)
-    parts = []
-    if config.clipping.max_global_norm is not None:
-        parts.append(clip_by_global_norm(config.clipping.max_global_norm, axis_name=axis_name))
-    tx = optax.chain(*parts, core) if parts else core
+    schedule = config.schedule
+    tx, _ = make_optimizer(
+        optimizer.name,
+        optimizer.learning_rate,
+        schedule.total_steps,
+        schedule=schedule.name,
+        hyperparameters=optimizer_arguments(optimizer),
+        max_global_norm=config.clipping.max_global_norm,
+        warmup_ratio=schedule.warmup_ratio,
+        min_lr_ratio=schedule.min_lr_ratio,
+        axis_name=axis_name,
+    )
     precision = config.precision
     if precision.mode != "fp32" and precision.master_weights:
         tx = with_master_weights(tx, jnp.float32)

@@ -114,6 +114,7 @@ def setting(
     check: Check | None = None,
     secret: bool = False,
     byte_count: bool = False,
+    normalize: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Declares a section field: its default, documentation and validation.
 
@@ -123,11 +124,19 @@ def setting(
         check: a range check applied to non-None values after type conversion.
         secret: never print the value (``repr``, errors, redacted views).
         byte_count: an integer that may be written as ``"16GiB"``.
+        normalize: applied to a value before conversion, e.g. to accept another spelling
+            of a choice (it returns values it does not know unchanged).
 
     Returns:
         A ``dataclasses.field``.
     """
-    metadata = {"doc": doc, "check": check, "secret": secret, "byte_count": byte_count}
+    metadata = {
+        "doc": doc,
+        "check": check,
+        "secret": secret,
+        "byte_count": byte_count,
+        "normalize": normalize,
+    }
     return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 
 
@@ -223,6 +232,9 @@ def convert(path: str, value: Any, tp: Any, field: dataclasses.Field) -> Any:
     """Converts and checks one field value; raises naming ``path`` and the value."""
     secret = field.metadata.get("secret", False)
     byte_count = field.metadata.get("byte_count", False)
+    normalize = field.metadata.get("normalize")
+    if normalize is not None:
+        value = normalize(value)
     inner, optional = _split_optional(tp)
     if value is None or (optional and isinstance(value, str) and value.strip().lower() in _NONE):
         if optional:

@@ -24,8 +24,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from scirs2_optim_jax.config.schema import (
     CheckpointConfig,
     ClippingConfig,
@@ -77,6 +75,19 @@ def production_default() -> RunConfig:
     )
 
 
+def _parse_yaml(text: str) -> Any:
+    # Imported here: PyYAML (extra [cli]) is needed only when a YAML file is read.
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(str(err)) from None
+
+
+_PARSERS = {"toml": tomllib.loads, "yaml": _parse_yaml, "json": json.loads}
+
+
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Reads a TOML, YAML or JSON config file (chosen by suffix) into a dict.
 
@@ -95,13 +106,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"config: no such file: {file}")
     text = file.read_text(encoding="utf-8")
     try:
-        if kind == "toml":
-            data = tomllib.loads(text)
-        elif kind == "yaml":
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except (ValueError, yaml.YAMLError) as err:
+        data = _PARSERS[kind](text)
+    except ValueError as err:
         raise ValueError(f"config: cannot parse {file} as {kind.upper()}: {err}") from None
     if data is None:
         data = {}

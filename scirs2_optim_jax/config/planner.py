@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from scirs2_optim_jax import validation as v
 from scirs2_optim_jax.config.builder import build_optimizer, optimizer_arguments
 from scirs2_optim_jax.config.schema import OPTIMIZER_NAMES, OptimizerConfig, RunConfig
 from scirs2_optim_jax.precision import MasterWeightsState, precision_policy, with_master_weights
@@ -80,14 +81,6 @@ def zero_shard_elements(size: int, num_devices: int) -> int:
     return -(-size // num_devices)
 
 
-def _check_int(fn: str, name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{fn}: {name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{fn}: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _is_floating(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.floating)
 
@@ -109,7 +102,7 @@ def abstract_params(params: Any, param_dtype: Any = None) -> Any:
         ShapeDtypeStruct(shape=(2, 3), dtype=bfloat16)
     """
     if isinstance(params, (int, np.integer)) and not isinstance(params, bool):
-        count = _check_int("abstract_params", "params", params, 1)
+        count = v.check_int("abstract_params", "params", params, 1)
         params = {"params": jax.ShapeDtypeStruct((count,), jnp.float32)}
 
     def leaf(x: Any) -> jax.ShapeDtypeStruct:
@@ -237,10 +230,10 @@ def plan_memory(
     """
     fn = "plan_memory"
     policy = precision_policy(precision)
-    stage = _check_int(fn, "zero_stage", zero_stage, 0)
+    stage = v.check_int(fn, "zero_stage", zero_stage, 0)
     if stage > 2:
         raise ValueError(f"{fn}: zero_stage must be 0, 1 or 2, got {zero_stage!r}")
-    devices = _check_int(fn, "num_devices", num_devices, 1)
+    devices = v.check_int(fn, "num_devices", num_devices, 1)
     abstract = abstract_params(params, policy.param_dtype)
     if isinstance(optimizer, str):
         if optimizer not in OPTIMIZER_NAMES:
@@ -441,7 +434,7 @@ def profile_activations(
         True
     """
     fn = "profile_activations"
-    small, large = (_check_int(fn, "batch_sizes", b, 1) for b in batch_sizes)
+    small, large = (v.check_int(fn, "batch_sizes", b, 1) for b in batch_sizes)
     if small == large:
         raise ValueError(f"{fn}: batch_sizes must be two different sizes, got {batch_sizes!r}")
     abstract = abstract_params(params)
@@ -520,8 +513,8 @@ def recommend_batch_size(
         (64, 4)
     """
     fn = "recommend_batch_size"
-    available = _check_int(fn, "available_bytes", available_bytes, 1)
-    target = _check_int(fn, "global_batch_size", global_batch_size, 1)
+    available = v.check_int(fn, "available_bytes", available_bytes, 1)
+    target = v.check_int(fn, "global_batch_size", global_batch_size, 1)
     if not (isinstance(max_fraction, (int, float)) and 0 < max_fraction <= 1):
         raise ValueError(f"{fn}: max_fraction must be a number in (0, 1], got {max_fraction!r}")
     if target % plan.num_devices:

@@ -8,11 +8,16 @@ environment into a :class:`RunConfig`.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from scirs2_optim_jax.config.fields import Section, at_least, in_range, positive, setting
+from scirs2_optim_jax.config.registry import (
+    OPTIMIZERS,
+    OptimizerName,
+    ScheduleName,
+    normalize_schedule,
+)
 
 __all__ = [
     "OPTIMIZER_NAMES",
@@ -42,8 +47,9 @@ class OptimizerConfig(Section):
     """
 
     SECTION: ClassVar[str] = "optimizer"
-    name: Literal["adamw", "adam", "lamb", "lars", "sgd", "lion", "rmsprop", "radam", "adagrad"] = (
-        setting("adamw", "optimizer alias from scirs2_optim_jax.optimizers")
+    # The registry's Literal of optimizer names (RUF009 cannot see through the alias).
+    name: OptimizerName = setting(  # noqa: RUF009
+        "adamw", "optimizer alias from scirs2_optim_jax.optimizers"
     )
     learning_rate: float = setting(1e-3, "peak learning rate", check=positive)
     weight_decay: float | None = setting(
@@ -64,8 +70,8 @@ class OptimizerConfig(Section):
     )
 
 
-# The optimizer aliases a config can name, in the order of the Literal above.
-OPTIMIZER_NAMES: tuple[str, ...] = typing.get_args(typing.get_type_hints(OptimizerConfig)["name"])
+# The optimizer aliases a config can name (the registry's list).
+OPTIMIZER_NAMES: tuple[str, ...] = OPTIMIZERS
 
 
 @dataclass(frozen=True)
@@ -73,13 +79,15 @@ class ScheduleConfig(Section):
     """``[schedule]``: the learning-rate schedule, peaking at ``optimizer.learning_rate``."""
 
     SECTION: ClassVar[str] = "schedule"
-    name: Literal["warmup_cosine", "warmup_constant", "constant"] = setting(
-        "warmup_cosine", "schedule shape"
+    name: ScheduleName = setting(  # noqa: RUF009  a Literal, as OptimizerConfig.name
+        "warmup_cosine",
+        "schedule shape (see config.make_schedule; warmup-cosine etc. accepted too)",
+        normalize=normalize_schedule,
     )
     total_steps: int = setting(100_000, "length of the run in optimizer steps", check=at_least(1))
     warmup_ratio: float = setting(0.06, "fraction of total_steps spent warming up", check=unit)
     min_lr_ratio: float = setting(
-        0.01, "final learning rate / peak (warmup_cosine)", check=unit_closed
+        0.01, "final learning rate / peak (warmup_cosine, cosine, linear)", check=unit_closed
     )
 
 
@@ -208,10 +216,9 @@ class FeatureFlags(Section):
     """
 
     SECTION: ClassVar[str] = "features"
-    optimizer_variant: (
-        Literal["adamw", "adam", "lamb", "lars", "sgd", "lion", "rmsprop", "radam", "adagrad"]
-        | None
-    ) = setting(None, "run this optimizer instead of optimizer.name")
+    optimizer_variant: OptimizerName | None = setting(  # noqa: RUF009  a Literal or None
+        None, "run this optimizer instead of optimizer.name"
+    )
     bf16_momentum: bool = setting(False, "store the first moment / momentum in bfloat16")
 
 

@@ -20,8 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from scirs2_optim_jax import validation as v
 from scirs2_optim_jax.config.planner import MemoryPlan, format_bytes, plan_memory
 from scirs2_optim_jax.config.schema import OptimizerConfig, PrecisionConfig, RunConfig
 
@@ -82,14 +81,6 @@ class OptimizerSelection:
         return dataclasses.replace(config, **changes)
 
 
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"select_optimizer: {name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"select_optimizer: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def select_optimizer(
     num_params: int,
     batch_size: int,
@@ -123,10 +114,11 @@ def select_optimizer(
         >>> select_optimizer(10_000_000, 256, 16 * 2**30, "cpu").optimizer.learning_rate
         0.001
     """
-    count = _check_count("num_params", num_params, 1)
-    batch = _check_count("batch_size", batch_size, 1)
-    available = _check_count("available_memory_bytes", available_memory_bytes, 1)
-    devices = _check_count("num_devices", num_devices, 1)
+    fn = "select_optimizer"
+    count = v.check_int(fn, "num_params", num_params, 1)
+    batch = v.check_int(fn, "batch_size", batch_size, 1)
+    available = v.check_int(fn, "available_memory_bytes", available_memory_bytes, 1)
+    devices = v.check_int(fn, "num_devices", num_devices, 1)
     if isinstance(accelerator, bool):
         on_accelerator = accelerator
     elif isinstance(accelerator, str) and accelerator.lower() in ACCELERATORS:

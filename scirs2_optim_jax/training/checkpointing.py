@@ -24,11 +24,9 @@ from jax.sharding import Mesh, PartitionSpec
 from scirs2_optim_jax import parallel
 from scirs2_optim_jax.checkpoint import CheckpointManager, CheckpointState, opt_state_layout
 from scirs2_optim_jax.training.errors import RunSetupError
-from scirs2_optim_jax.training.loop import TrainSpec
+from scirs2_optim_jax.training.spec import AXIS, TrainSpec
 
 __all__ = ["RunCheckpoints"]
-
-_AXIS = "data"
 
 
 def _spec_differences(saved: Any, current: dict[str, Any]) -> list[str]:
@@ -117,9 +115,9 @@ class RunCheckpoints:
             abstract = self._abstract
             self._layout = opt_state_layout(
                 lambda s: parallel.zero_state_to_canonical(s, abstract),
-                lambda s: parallel.zero_state_from_canonical(s, abstract, mesh, _AXIS),
+                lambda s: parallel.zero_state_from_canonical(s, abstract, mesh, AXIS),
             )
-        self._config = {"spec": self._spec, "devices": mesh.shape[_AXIS], "zero_stage": zero_stage}
+        self._config = {"spec": self._spec, "devices": mesh.shape[AXIS], "zero_stage": zero_stage}
         self._last_saved: int | None = latest
 
     @property

@@ -8,11 +8,12 @@ seeded the same way, so a run is reproducible from its seed alone.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from scirs2_optim_jax import validation as v
 
 __all__ = [
     "DEFAULT_TEST_SIZE",
@@ -41,16 +42,6 @@ class DigitsSplit:
     y_test: np.ndarray
 
 
-def _check_int(fn: str, name: str, value: object, minimum: int) -> int:
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{fn}: {name} must be an integer, got {value!r}") from None
-    if isinstance(value, bool) or number < minimum:
-        raise ValueError(f"{fn}: {name} must be an integer >= {minimum}, got {value!r}")
-    return number
-
-
 def load_digits_split(seed: int = 0, test_size: int = DEFAULT_TEST_SIZE) -> DigitsSplit:
     """Loads the digits and splits them, stratified by class, into train and test sets.
 
@@ -72,8 +63,8 @@ def load_digits_split(seed: int = 0, test_size: int = DEFAULT_TEST_SIZE) -> Digi
         >>> sorted(set(split.y_test.tolist())) == list(range(10))
         True
     """
-    _check_int("load_digits_split", "seed", seed, 0)
-    _check_int("load_digits_split", "test_size", test_size, NUM_CLASSES)
+    v.check_int("load_digits_split", "seed", seed, 0)
+    v.check_int("load_digits_split", "test_size", test_size, NUM_CLASSES)
     if test_size > NUM_SAMPLES - NUM_CLASSES:
         raise ValueError(
             f"load_digits_split: test_size must be an integer <= {NUM_SAMPLES - NUM_CLASSES}, "
@@ -137,14 +128,14 @@ def iterate_batch_indices(
         (4, 4, True)
     """
     fn = "iterate_batch_indices"
-    n = _check_int(fn, "num_samples", num_samples, 1)
-    _check_int(fn, "batch_size", batch_size, 1)
+    n = v.check_int(fn, "num_samples", num_samples, 1)
+    v.check_int(fn, "batch_size", batch_size, 1)
     if batch_size > n:
         raise ValueError(
             f"{fn}: batch_size must be an integer <= {n} (the number of samples), "
             f"got {batch_size!r}"
         )
-    _check_int(fn, "start", start, 0)
+    v.check_int(fn, "start", start, 0)
     # Validated above, before the first batch is asked for; the generator only draws.
     return _indices(n, batch_size, np.random.default_rng(seed), start)
 
@@ -185,13 +176,13 @@ def iterate_batches(
         raise ValueError(
             f"iterate_batches: x and y must have the same length, got {n} and {len(y)}"
         )
-    _check_int("iterate_batches", "batch_size", batch_size, 1)
+    v.check_int("iterate_batches", "batch_size", batch_size, 1)
     if batch_size > n:
         raise ValueError(
             f"iterate_batches: batch_size must be an integer <= {n} (the number of samples), "
             f"got {batch_size!r}"
         )
-    _check_int("iterate_batches", "start", start, 0)
+    v.check_int("iterate_batches", "start", start, 0)
     indices = _indices(n, batch_size, np.random.default_rng(seed), start)
     return ((x[idx], y[idx]) for idx in indices)
 

@@ -6,6 +6,8 @@
   with :func:`~scirs2_optim_jax.training.remat.apply_stack` so gradient checkpointing
   applies per layer.
 
+They live with the training job's models; ``scirs2-optim plan --model NAME`` plans them.
+
 Each :class:`DemoModel` carries its abstract parameters, a loss ``loss_fn(params, batch)``
 and ``batch_for(b)`` (an abstract batch of ``b`` examples), which is all
 :func:`~scirs2_optim_jax.config.profile_activations` and

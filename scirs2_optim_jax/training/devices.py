@@ -13,6 +13,10 @@ import os
 import re
 from collections.abc import MutableMapping
 
+import jax
+
+from scirs2_optim_jax import validation as v
+from scirs2_optim_jax.parallel.accelerator import backend_initialized
 from scirs2_optim_jax.training.errors import RunSetupError
 
 __all__ = ["DEVICE_COUNT_FLAG", "request_cpu_devices"]
@@ -22,8 +26,6 @@ _FLAG = re.compile(re.escape(DEVICE_COUNT_FLAG) + r"=(\S*)")
 
 
 def _backend_started() -> bool:
-    from scirs2_optim_jax.config import backend_initialized
-
     return backend_initialized()
 
 
@@ -50,12 +52,9 @@ def request_cpu_devices(count: int, environ: MutableMapping[str, str] | None = N
         >>> request_cpu_devices(4, env) >= 4  # the test suite's backend already has 8
         True
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"request_cpu_devices: count must be an integer >= 1, got {count!r}")
+    v.check_int("request_cpu_devices", "count", count, 1)
     env = os.environ if environ is None else environ
     if _backend_started():
-        import jax
-
         have = jax.device_count()
         if have < count:
             raise RunSetupError(

@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 import jax
 from flax import nnx
 
+from scirs2_optim_jax import validation as v
+
 __all__ = ["REMAT_POLICIES", "apply_stack", "create_stack", "remat", "remat_policy"]
 
 M = TypeVar("M", bound=nnx.Module)
@@ -141,10 +143,8 @@ def create_stack(make_layer: Callable[[nnx.Rngs], M], num_layers: int, rngs: nnx
         >>> stack.kernel.shape
         (3, 4, 4)
     """
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"create_stack: num_layers must be an integer >= 1, got {num_layers!r}")
-    if not callable(make_layer):
-        raise TypeError(f"create_stack: make_layer must be callable, got {make_layer!r}")
+    num_layers = v.check_int("create_stack", "num_layers", num_layers, 1)
+    v.check_callable("create_stack", "make_layer", make_layer)
 
     @nnx.split_rngs(splits=num_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0)

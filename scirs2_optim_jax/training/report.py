@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from scirs2_optim_jax.training.loop import TrainLog, TrainResult
+from scirs2_optim_jax.training.result import TrainLog, TrainResult
 
 __all__ = ["ProgressReporter", "format_log_line", "summary_table"]
 

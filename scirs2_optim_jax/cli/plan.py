@@ -1,8 +1,9 @@
-"""The ``scirs2-optim plan`` subcommand: will this run fit, and with what batch size?
+"""``scirs2-optim plan``: will this run fit, and with what batch size?
 
 ``add_parser(subparsers)`` registers it on the ``scirs2-optim`` parser; the handler imports
-JAX itself, so building the parser stays cheap. Exit codes: 0 planned; 2 bad usage or an
-invalid config (one message, no traceback); 1 the planning itself failed.
+JAX, the config and the demo models (:mod:`scirs2_optim_jax.training.demo_models`) itself,
+so building the parser stays cheap. Exit codes: 0 planned; 2 bad usage or an invalid config
+(one message, no traceback); 1 the planning itself failed.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["add_parser", "run_plan"]
+from scirs2_optim_jax.cli.arguments import count
+
+__all__ = ["DEMO_MODELS", "add_parser", "run_plan"]
 
 PROG = "scirs2-optim plan"
-_DEMO_MODELS = ("digits_mlp", "transformer")  # checked against config.demo_models in tests
+# training.demo_models.DEMO_MODELS, kept here so that --help needs no JAX (tests agree).
+DEMO_MODELS = ("digits_mlp", "transformer")
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _REMAT = ("none", "full", "dots", "dots_no_batch")
 
@@ -49,16 +53,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "production defaults); SCIRS2_OPTIM_* variables override it",
     )
     what = parser.add_mutually_exclusive_group()
-    what.add_argument(
-        "--model", choices=_DEMO_MODELS, help="named demo model (default: digits_mlp)"
-    )
-    what.add_argument("--num-params", type=_count, metavar="N", help="plan a model of N parameters")
+    what.add_argument("--model", choices=DEMO_MODELS, help="named demo model (default: digits_mlp)")
+    what.add_argument("--num-params", type=count, metavar="N", help="plan a model of N parameters")
     parser.add_argument("--optimizer", help="optimizer alias, with its own defaults")
     parser.add_argument("--precision", choices=_PRECISIONS, help="parameter/compute dtype")
     parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2), help="ZeRO stage")
-    parser.add_argument("--devices", type=_count, metavar="N", help="devices on the data axis")
+    parser.add_argument("--devices", type=count, metavar="N", help="devices on the data axis")
     parser.add_argument(
-        "--batch-size", type=_count, metavar="N", help="global batch size (default: config)"
+        "--batch-size", type=count, metavar="N", help="global batch size (default: config)"
     )
     parser.add_argument(
         "--available-memory",
@@ -72,16 +74,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(handler=run_plan)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(float(text)) if "e" in text.lower() else int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
 
 
 def _fail(message: str, code: int) -> int:
@@ -171,19 +163,12 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def _plan(config: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The plan as a report: ``{"config", "plan", ..., "text"}``."""
     from scirs2_optim_jax.config.accelerator import memory_settings_report
-    from scirs2_optim_jax.config.builder import build_optimizer
-    from scirs2_optim_jax.config.demo_models import demo_model
     from scirs2_optim_jax.config.flags import resolve_optimizer
-    from scirs2_optim_jax.config.planner import (
-        abstract_params,
-        compiled_train_step_memory,
-        format_bytes,
-        plan_for_config,
-        profile_activations,
-        recommend_batch_size,
-    )
+    from scirs2_optim_jax.config.planner import abstract_params, format_bytes, plan_for_config
     from scirs2_optim_jax.precision import precision_policy
+    from scirs2_optim_jax.training.demo_models import demo_model
 
     devices = config.parallel.num_devices or 1
     optimizer = resolve_optimizer(config)
@@ -212,37 +197,8 @@ def _plan(config: Any, options: dict[str, Any]) -> dict[str, Any]:
     lines.append(f"available per device: {format_bytes(available)} ({source})")
 
     if model is not None:
-        tx = build_optimizer(config)
-        batch = model.batch_for(max(1, options["batch_size"] // devices))
-        memory = compiled_train_step_memory(tx, model.loss_fn, params, batch)
-        if memory is not None:
-            batch_bytes = sum(x.size * x.dtype.itemsize for x in _leaves(batch))
-            unsharded = plan_for_config(config, params, num_devices=1)
-            compiled_state = memory.argument_bytes - batch_bytes
-            report["compiled_step"] = {**dataclasses.asdict(memory), "batch_bytes": batch_bytes}
-            lines.append(
-                f"compiled step (1 device): params + optimizer state {format_bytes(compiled_state)}"
-                f" vs planned {format_bytes(unsharded.persistent_bytes)}; temporaries "
-                f"{format_bytes(memory.temp_bytes)}"
-            )
-        profile = profile_activations(
-            model.loss_fn, params, model.batch_for, model.profile_batch_sizes
-        )
-        if profile is not None:
-            report["activations"] = dataclasses.asdict(profile)
-            lines.append(
-                f"activations: {format_bytes(profile.per_example_bytes)} per example + "
-                f"{format_bytes(profile.fixed_bytes)} (compiled forward + backward, remat "
-                f"{options['remat']})"
-            )
-            global_batch = options["batch_size"] - options["batch_size"] % devices or devices
-            rec = recommend_batch_size(
-                plan, profile, available, global_batch, max_fraction=budget_fraction
-            )
-            report["batch"] = dataclasses.asdict(rec)
-            lines.append(rec.describe())
-        else:
-            lines.append("activations: this backend gives no memory analysis; no batch advice")
+        _compiled_step(config, model, params, options, report, lines)
+        _activations(config, model, params, plan, available, options, report, lines)
     else:
         fits = plan.total_bytes <= available * budget_fraction
         lines.append(
@@ -256,7 +212,71 @@ def _plan(config: Any, options: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def _leaves(tree: Any) -> list[Any]:
+def _compiled_step(
+    config: Any,
+    model: Any,
+    params: Any,
+    options: dict[str, Any],
+    report: dict[str, Any],
+    lines: list[str],
+) -> None:
+    """Compares the plan with XLA's memory analysis of the compiled step (one device)."""
     import jax
 
-    return jax.tree.leaves(tree)
+    from scirs2_optim_jax.config.builder import build_optimizer
+    from scirs2_optim_jax.config.planner import (
+        compiled_train_step_memory,
+        format_bytes,
+        plan_for_config,
+    )
+
+    devices = config.parallel.num_devices or 1
+    tx = build_optimizer(config)
+    batch = model.batch_for(max(1, options["batch_size"] // devices))
+    memory = compiled_train_step_memory(tx, model.loss_fn, params, batch)
+    if memory is None:
+        return
+    batch_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(batch))
+    unsharded = plan_for_config(config, params, num_devices=1)
+    compiled_state = memory.argument_bytes - batch_bytes
+    report["compiled_step"] = {**dataclasses.asdict(memory), "batch_bytes": batch_bytes}
+    lines.append(
+        f"compiled step (1 device): params + optimizer state {format_bytes(compiled_state)}"
+        f" vs planned {format_bytes(unsharded.persistent_bytes)}; temporaries "
+        f"{format_bytes(memory.temp_bytes)}"
+    )
+
+
+def _activations(
+    config: Any,
+    model: Any,
+    params: Any,
+    plan: Any,
+    available: int,
+    options: dict[str, Any],
+    report: dict[str, Any],
+    lines: list[str],
+) -> None:
+    """Profiles the activations and recommends a micro-batch size that fits."""
+    from scirs2_optim_jax.config.planner import (
+        format_bytes,
+        profile_activations,
+        recommend_batch_size,
+    )
+
+    profile = profile_activations(model.loss_fn, params, model.batch_for, model.profile_batch_sizes)
+    if profile is None:
+        lines.append("activations: this backend gives no memory analysis; no batch advice")
+        return
+    report["activations"] = dataclasses.asdict(profile)
+    lines.append(
+        f"activations: {format_bytes(profile.per_example_bytes)} per example + "
+        f"{format_bytes(profile.fixed_bytes)} (compiled forward + backward, remat "
+        f"{options['remat']})"
+    )
+    devices = config.parallel.num_devices or 1
+    global_batch = options["batch_size"] - options["batch_size"] % devices or devices
+    budget_fraction = config.resources.max_device_memory_fraction
+    rec = recommend_batch_size(plan, profile, available, global_batch, max_fraction=budget_fraction)
+    report["batch"] = dataclasses.asdict(rec)
+    lines.append(rec.describe())
