@@ -21,7 +21,7 @@ from scirs2_optim_jax.config import (
     memory_settings_report,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Run in a fresh interpreter: the backend must not have started yet.
 FRESH_PROCESS = """

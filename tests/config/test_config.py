@@ -408,7 +408,7 @@ def test_select_optimizer_rejects_bad_arguments(args: tuple, error: type, messag
 def test_every_field_and_variable_is_documented() -> None:
     from scirs2_optim_jax.config.fields import field_docs
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     for path, _, _, _ in field_docs(RunConfig):
         assert f"`{path}`" in text, path
         assert "SCIRS2_OPTIM_" + path.replace(".", "__").upper() in text, path

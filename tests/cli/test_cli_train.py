@@ -36,7 +36,7 @@ from scirs2_optim_jax.training.report import ProgressReporter
 
 SMALL = ["--batch-size", "32", "--log-every", "0"]
 HASH = re.compile(r"params_sha256: ([0-9a-f]{64})")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

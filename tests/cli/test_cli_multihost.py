@@ -41,7 +41,7 @@ from scirs2_optim_jax.cli.train import start_monitor
 from scirs2_optim_jax.cli.train_settings import train_settings
 from scirs2_optim_jax.parallel import distributed
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-multihost"  # a test fixture, not a credential
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104  what a pod needs; the test scrapes it on loopback
 # Generous next to the ~20 s a two-process run takes on 2 shared cores; a hang must not last.
