@@ -21,7 +21,6 @@ shards every device takes the same decision.
 
 from __future__ import annotations
 
-import operator
 from typing import Any, NamedTuple
 
 import jax
@@ -70,20 +69,6 @@ def count_nonfinite(tree: Any, axis_name: AxisName = None) -> jax.Array:
 def _check_max_grad_norm(fn: str, max_grad_norm: Any) -> None:
     if max_grad_norm is not None:
         v.check_positive(fn, "max_grad_norm", max_grad_norm)
-
-
-def _check_count(fn: str, name: str, value: Any, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    expected = "an integer >= 1" + (" or None" if allow_none else "")
-    if isinstance(value, bool):
-        raise TypeError(f"{fn}: {name} must be {expected}, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{fn}: {name} must be {expected}, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
 
 
 def _check_transform(fn: str, name: str, tx: Any) -> optax.GradientTransformationExtraArgs:
@@ -280,8 +265,8 @@ def fallback_on_failure(
     fn = "fallback_on_failure"
     primary = _check_transform(fn, "primary", primary)
     fallback = _check_transform(fn, "fallback", fallback)
-    _check_count(fn, "switch_after", switch_after)
-    _check_count(fn, "switch_back_after", switch_back_after, allow_none=True)
+    v.check_int(fn, "switch_after", switch_after, 1)
+    v.check_int(fn, "switch_back_after", switch_back_after, 1, allow_none=True)
     _check_max_grad_norm(fn, max_grad_norm)
 
     def init_fn(params: optax.Params) -> FallbackState:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scirs2_optim_jax.monitor.health import HealthRules
+from scirs2_optim_jax.validation import check_int
 
 __all__ = ["ENV_VARS", "MonitorConfig", "Secret", "parse_log_level"]
 
@@ -89,14 +90,6 @@ def parse_log_level(value: str | int) -> int:
     raise ValueError(f"log_level must be one of {', '.join(_LEVELS)}, got {value!r}")
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"MonitorConfig: {name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"MonitorConfig: {name} must be an integer {bound}, got {value}")
-
-
 def _check_optional_str(name: str, value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value):
         raise TypeError(f"MonitorConfig: {name} must be a non-empty string or None, got {value!r}")
@@ -146,7 +139,7 @@ class MonitorConfig:
         if not isinstance(self.host, str) or not self.host:
             raise TypeError(f"MonitorConfig: host must be a non-empty string, got {self.host!r}")
         if self.port is not None:
-            _check_int("port", self.port, 0, 65535)
+            check_int("MonitorConfig", "port", self.port, 0, 65535)
         if isinstance(self.token, str):
             object.__setattr__(self, "token", Secret(self.token))
         elif self.token is not None and not isinstance(self.token, Secret):
@@ -158,8 +151,8 @@ class MonitorConfig:
             parse_log_level(self.log_level)
         except (TypeError, ValueError) as err:
             raise type(err)(f"MonitorConfig: {err}") from None
-        _check_int("log_every", self.log_every, 0)
-        _check_int("health_every", self.health_every, 1)
+        check_int("MonitorConfig", "log_every", self.log_every, 0)
+        check_int("MonitorConfig", "health_every", self.health_every, 1)
         _check_optional_str("tensorboard_dir", self.tensorboard_dir)
         _check_optional_str("otlp_endpoint", self.otlp_endpoint)
         if self.otlp_endpoint is not None and not self.otlp_endpoint.startswith(

@@ -31,6 +31,7 @@ from typing import Any
 
 from scirs2_optim_jax.monitor.record import StepRecord
 from scirs2_optim_jax.monitor.resources import ResourceSnapshot
+from scirs2_optim_jax.validation import check_int
 
 __all__ = [
     "FINDINGS",
@@ -75,13 +76,6 @@ def _check_threshold(name: str, value: Any, *, low: float, high: float | None = 
         raise ValueError(
             f"HealthRules: {name} must be a finite number {bound} or None, got {value}"
         )
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"HealthRules: {name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"HealthRules: {name} must be an integer >= {minimum}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -129,9 +123,9 @@ class HealthRules:
         _check_threshold("min_grad_norm", self.min_grad_norm, low=0.0)
         for name in ("max_memory_utilization", "max_cpu_utilization", "max_error_rate"):
             _check_threshold(name, getattr(self, name), low=0.0, high=1.0)
-        _check_int("error_window", self.error_window, 1)
+        check_int("HealthRules", "error_window", self.error_window, 1)
         if self.stall_window is not None:
-            _check_int("stall_window", self.stall_window, 2)
+            check_int("HealthRules", "stall_window", self.stall_window, 2)
             if self.stall_window % 2:
                 raise ValueError(
                     f"HealthRules: stall_window must be an even integer >= 2 or None, "
@@ -142,7 +136,7 @@ class HealthRules:
             raise TypeError("HealthRules: min_improvement must be a number, got None")
         if not isinstance(self.nonfinite, bool):
             raise TypeError(f"HealthRules: nonfinite must be a bool, got {self.nonfinite!r}")
-        _check_int("critical_findings", self.critical_findings, 1)
+        check_int("HealthRules", "critical_findings", self.critical_findings, 1)
 
 
 @dataclass(frozen=True)
