@@ -21,6 +21,7 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 def key() -> jax.Array:
     return jax.random.key(0)
 
-# Deprecated shims warn when imported, which --doctest-modules would do; tests/project/test_layers.py
-# imports them on purpose instead.
+
+# Deprecated shims warn when imported, which --doctest-modules would do;
+# tests/project/test_layers.py imports them on purpose instead.
 collect_ignore = ["scirs2_optim_jax/transforms/fused.py", "scirs2_optim_jax/kernels"]

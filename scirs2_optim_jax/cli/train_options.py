@@ -1,8 +1,8 @@
 """The options of ``scirs2-optim train``, in argument groups (standard library only).
 
 The names the options accept come from :mod:`scirs2_optim_jax.config.registry`; the defaults
-are :func:`~scirs2_optim_jax.training.train_digits`'s own (``tests/training/test_training.py`` checks
-they agree, since importing the training job here would start JAX for ``--help``).
+are :func:`~scirs2_optim_jax.training.train_digits`'s own (``tests/training/test_training.py``
+checks they agree, since importing the training job here would start JAX for ``--help``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "save_every": 100,
 }
 METRICS_HOST = "127.0.0.1"
-# The monitor's own variable names (monitor.ENV_VARS; tests/project/test_deploy.py checks they agree).
+# The monitor's own variable names (monitor.ENV_VARS; tests/project/test_deploy.py checks
+# they agree).
 METRICS_HOST_VAR = "SCIRS2_METRICS_HOST"
 METRICS_TOKEN_VAR = "SCIRS2_METRICS_TOKEN"  # noqa: S105  a variable name, not a secret
 # parallel.distributed's names, kept here so that --help needs no JAX import (tests agree).
