@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -30,7 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scirs2_optim_jax.validation import check_in_range, check_non_negative, check_positive
+from scirs2_optim_jax.validation import (
+    check_in_range,
+    check_non_negative,
+    check_positive,
+    check_whole_number,
+)
 
 __all__ = [
     "Schedule",
@@ -70,27 +74,6 @@ def _check_finite(fn: str, name: str, value: Any) -> None:
         )
     if not math.isfinite(float(value)):
         raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
-
-
-def _check_int(fn: str, name: str, value: Any, *, positive: bool) -> int:
-    """Returns ``value`` as an int, raising unless it is an integer > 0 (or >= 0)."""
-    expected = "an integer > 0" if positive else "an integer >= 0"
-    if isinstance(value, (bool, jax.core.Tracer)):
-        raise TypeError(f"{fn}: {name} must be {expected}, got {type(value).__name__} {value!r}")
-    if isinstance(value, (float, np.floating)):
-        if not (math.isfinite(value) and float(value).is_integer()):
-            raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
-        number = int(value)
-    else:
-        try:
-            number = operator.index(value)
-        except TypeError:
-            raise TypeError(
-                f"{fn}: {name} must be {expected}, got {type(value).__name__} {value!r}"
-            ) from None
-    if number < (1 if positive else 0):
-        raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
-    return number
 
 
 def _scalar(value: Any) -> Any:
@@ -164,8 +147,8 @@ def _polynomial(
     _check_finite(fn, "init_value", init_value)
     _check_finite(fn, "end_value", end_value)
     check_positive(fn, "power", power)
-    steps = _check_int(fn, "transition_steps", transition_steps, positive=False)
-    begin = _check_int(fn, "transition_begin", transition_begin, positive=False)
+    steps = check_whole_number(fn, "transition_steps", transition_steps, positive=False)
+    begin = check_whole_number(fn, "transition_begin", transition_begin, positive=False)
     init, end, power = _scalar(init_value), _scalar(end_value), _scalar(power)
 
     if steps == 0:
@@ -268,7 +251,7 @@ def _cosine_decay(
     fn: str, init_value: Any, decay_steps: Any, alpha: Any, exponent: Any, *, steps_name: str
 ) -> Schedule:
     _check_finite(fn, "init_value", init_value)
-    steps = _check_int(fn, steps_name, decay_steps, positive=True)
+    steps = check_whole_number(fn, steps_name, decay_steps, positive=True)
     _check_finite(fn, "alpha", alpha)
     check_positive(fn, "exponent", exponent)
     init, alpha, exponent = _scalar(init_value), _scalar(alpha), _scalar(exponent)
@@ -364,9 +347,9 @@ def exponential_decay(
     """
     fn = "exponential_decay"
     _check_finite(fn, "init_value", init_value)
-    steps = _check_int(fn, "transition_steps", transition_steps, positive=True)
+    steps = check_whole_number(fn, "transition_steps", transition_steps, positive=True)
     check_positive(fn, "decay_rate", decay_rate)
-    begin = _check_int(fn, "transition_begin", transition_begin, positive=False)
+    begin = check_whole_number(fn, "transition_begin", transition_begin, positive=False)
     if not isinstance(staircase, bool):
         raise TypeError(f"{fn}: staircase must be a bool, got {staircase!r}")
     if end_value is not None:
@@ -429,7 +412,9 @@ def piecewise_constant_schedule(
         )
     jumps = []
     for boundary, scale in boundaries_and_scales.items():
-        step = _check_int(fn, "a boundary in boundaries_and_scales", boundary, positive=False)
+        step = check_whole_number(
+            fn, "a boundary in boundaries_and_scales", boundary, positive=False
+        )
         check_non_negative(fn, f"boundaries_and_scales[{boundary!r}]", scale)
         jumps.append((step, _scalar(scale)))
     jumps.sort(key=lambda jump: jump[0])
@@ -487,7 +472,8 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
             f"got {len(boundaries)}: {boundaries!r}"
         )
     steps = [
-        _check_int(fn, f"boundaries[{i}]", b, positive=False) for i, b in enumerate(boundaries)
+        check_whole_number(fn, f"boundaries[{i}]", b, positive=False)
+        for i, b in enumerate(boundaries)
     ]
     if any(later <= earlier for earlier, later in itertools.pairwise(steps)):
         raise ValueError(f"{fn}: boundaries must be strictly increasing, got {boundaries!r}")
@@ -514,8 +500,8 @@ def _warmup_cosine_decay(
 ) -> Schedule:
     _check_finite(fn, "init_value", init_value)
     _check_finite(fn, "peak_value", peak_value)
-    warmup = _check_int(fn, "warmup_steps", warmup_steps, positive=False)
-    total = _check_int(fn, "decay_steps", decay_steps, positive=True)
+    warmup = check_whole_number(fn, "warmup_steps", warmup_steps, positive=False)
+    total = check_whole_number(fn, "decay_steps", decay_steps, positive=True)
     if total <= warmup:
         raise ValueError(
             f"{fn}: decay_steps must be an integer > warmup_steps (= {warmup}), got {decay_steps!r}"
@@ -614,7 +600,7 @@ def warmup_constant_schedule(
         [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     """
     fn = "warmup_constant_schedule"
-    _check_int(fn, "warmup_steps", warmup_steps, positive=True)
+    check_whole_number(fn, "warmup_steps", warmup_steps, positive=True)
     return _polynomial(fn, init_value, peak_value, 1, warmup_steps, 0)
 
 
@@ -660,7 +646,7 @@ def cosine_onecycle_schedule(
     Using Large Learning Rates", 2017.
     """
     fn = "cosine_onecycle_schedule"
-    total = _check_int(fn, "transition_steps", transition_steps, positive=True)
+    total = check_whole_number(fn, "transition_steps", transition_steps, positive=True)
     _check_finite(fn, "peak_value", peak_value)
     check_in_range(fn, "pct_start", pct_start, 0.0, 1.0)
     check_positive(fn, "div_factor", div_factor)
@@ -757,7 +743,7 @@ def step_decay_schedule(init_value: float, step_size: int, decay_rate: float) ->
     """
     fn = "step_decay_schedule"
     _check_finite(fn, "init_value", init_value)
-    size = _check_int(fn, "step_size", step_size, positive=True)
+    size = check_whole_number(fn, "step_size", step_size, positive=True)
     check_positive(fn, "decay_rate", decay_rate)
     init, rate = _scalar(init_value), _scalar(decay_rate)
     # exp(k * log(rate)) with the log taken in float64: raising float32(rate) to the k-th
@@ -810,7 +796,7 @@ def warmup_cosine(
     """
     fn = "warmup_cosine"
     check_positive(fn, "base_lr", base_lr)
-    total = _check_int(fn, "total_steps", total_steps, positive=True)
+    total = check_whole_number(fn, "total_steps", total_steps, positive=True)
     check_in_range(fn, "warmup_ratio", warmup_ratio, 0.0, 1.0)
     check_in_range(fn, "min_lr_ratio", min_lr_ratio, 0.0, 1.0, include_high=True)
     base = _scalar(base_lr)

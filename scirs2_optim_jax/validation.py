@@ -32,6 +32,7 @@ __all__ = [
     "check_one_of",
     "check_positive",
     "check_tree_matches",
+    "check_whole_number",
     "reraise_with_context",
 ]
 
@@ -324,3 +325,32 @@ def check_callable(fn: str, name: str, value: Any, *, allow_none: bool = False) 
     if not callable(value):
         expected = "a callable or None" if allow_none else "a callable"
         raise TypeError(f"{fn}: {name} must be {expected}, got {value!r}")
+
+
+def check_whole_number(fn: str, name: str, value: Any, *, positive: bool) -> int:
+    """Returns ``value`` as an int, raising unless it is an integer > 0 (or >= 0).
+
+    Unlike :func:`check_int`, whole floats (``1000.0``) are accepted, as optax's schedules
+    accept them for step counts; tracers are refused (a step count shapes the schedule).
+
+    Example:
+        >>> check_whole_number("f", "transition_steps", 1000.0, positive=True)
+        1000
+    """
+    expected = "an integer > 0" if positive else "an integer >= 0"
+    if isinstance(value, (bool, jax.core.Tracer)):
+        raise TypeError(f"{fn}: {name} must be {expected}, got {type(value).__name__} {value!r}")
+    if isinstance(value, (float, np.floating)):
+        if not (math.isfinite(value) and float(value).is_integer()):
+            raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
+        number = int(value)
+    else:
+        try:
+            number = operator.index(value)
+        except TypeError:
+            raise TypeError(
+                f"{fn}: {name} must be {expected}, got {type(value).__name__} {value!r}"
+            ) from None
+    if number < (1 if positive else 0):
+        raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
+    return number
