@@ -29,11 +29,14 @@ if TYPE_CHECKING:  # what static tools see; at run time the same names load on f
         adagrad,
         adam,
         adamw,
+        adopt,
         lamb,
         lars,
         lion,
         radam,
         rmsprop,
+        schedule_free_adamw,
+        schedule_free_sgd,
         sgd,
     )
     from scirs2_optim_jax.precision import (
@@ -58,7 +61,7 @@ __version__ = "0.1.0"
 # The core's modules, and the modules whose public names (``__all__``) are re-exported here.
 _CORE_MODULES = ("optimizers", "precision", "resilience", "schedules", "transforms", "validation")
 _CORE_NAMES_FROM = {
-    "optimizers": ("adagrad", "adam", "adamw", "lamb", "lars", "lion", "radam", "rmsprop", "sgd"),
+    "optimizers": None,  # None: all of the module's __all__ (the aliases)
     "precision": (
         "DynamicLossScale",
         "LossScaleState",
@@ -73,7 +76,17 @@ _CORE_NAMES_FROM = {
 }
 
 # Subpackages above the core, loaded on first attribute access.
-_SUBPACKAGES = ("bench", "checkpoint", "cli", "config", "engine", "monitor", "parallel", "training")
+_SUBPACKAGES = (
+    "bench",
+    "checkpoint",
+    "cli",
+    "config",
+    "engine",
+    "flax",
+    "monitor",
+    "parallel",
+    "training",
+)
 
 # name -> the module it is loaded from on first access.
 _LAZY = {
