@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
+from scirs2_optim_jax.engine import one_pass_step
 from scirs2_optim_jax.parallel.placement import put_on_mesh
 from scirs2_optim_jax.parallel.zero import (
     gather_updates,
@@ -46,11 +47,23 @@ from scirs2_optim_jax.parallel.zero import (
     update_slices,
     zero_state_specs,
 )
+from scirs2_optim_jax.transforms.description import Chain, ClipByGlobalNorm, describe_of
 from scirs2_optim_jax.transforms.norms import global_norm
 
 __all__ = ["DataParallelStep", "make_data_parallel_step", "with_unit_axis"]
 
 P = PartitionSpec
+
+
+def _clips_over_an_axis(tx: optax.GradientTransformation) -> bool:
+    """Whether ``tx`` is a chain with a global-norm clip that reduces over a mesh axis."""
+    described = describe_of(tx)
+    if not isinstance(described, Chain):
+        return False
+    return any(
+        isinstance(describe_of(part), ClipByGlobalNorm) and describe_of(part).axis_name
+        for part in described.parts
+    ) or any(_clips_over_an_axis(part) for part in described.parts)
 
 
 def with_unit_axis(fn: Callable[..., Any], axis_name: str) -> Callable[..., Any]:
@@ -228,14 +241,23 @@ def make_data_parallel_step(
 
         grads_fn = shard_map(reduced_grads, (P(), P(axis_name)), P())
         update = with_unit_axis(tx.update, axis_name)
+        # The engine's one-pass step where ``tx`` has one; it reduces over no mesh axis
+        # (an axis_name clip keeps the chain, which runs under a unit axis here).
+        one_pass = None if _clips_over_an_axis(tx) else one_pass_step(tx)
+
+        def apply(grads: Any, opt_state: Any, params: Any) -> tuple[Any, Any]:
+            if one_pass is not None:
+                return one_pass.apply(grads, opt_state, params)
+            updates, opt_state = update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
 
         def step(params: Any, opt_state: Any, batch: Any) -> tuple[Any, Any, Any]:
             loss, grads, aux = grads_fn(params, batch)
-            updates, opt_state = update(grads, opt_state, params)
+            params, opt_state = apply(grads, opt_state, params)
             metrics = {"loss": loss, "grad_norm": global_norm(grads)}
             if has_aux:
                 metrics["aux"] = aux
-            return optax.apply_updates(params, updates), opt_state, metrics
+            return params, opt_state, metrics
 
         init = jax.jit(tx.init)
     else:
@@ -250,17 +272,33 @@ def make_data_parallel_step(
                 specs_cache[key] = zero_state_specs(tx, params, n, axis_name)
             return specs_cache[key]
 
+        one_pass = one_pass_step(tx)
+
+        def apply_slices(grad_slices: Any, opt_state: Any, params: Any) -> tuple[Any, Any]:
+            if one_pass is None:
+                slices, opt_state = update_slices(
+                    tx, grad_slices, opt_state, params, axis_name, check=check
+                )
+                return optax.apply_updates(params, gather_updates(slices, params, axis_name)), (
+                    opt_state
+                )
+            # The one-pass step on this device's slices; the new parameter slices are
+            # gathered instead of the updates (the same traffic). The reductions check
+            # traces the chain's update, which computes the same thing.
+            if check:
+                update_slices(tx, grad_slices, opt_state, params, axis_name, check=True)
+            param_slices = shard_params(params, axis_name)
+            new_slices, opt_state = one_pass.apply(grad_slices, opt_state, param_slices)
+            return gather_updates(new_slices, params, axis_name), opt_state
+
         def local_step(params: Any, opt_state: Any, batch: Any) -> tuple[Any, Any, Any]:
             loss, grads, aux = local_grads(params, batch)
             grad_slices = reduce_gradients(grads, axis_name, zero_stage)
-            slices, opt_state = update_slices(
-                tx, grad_slices, opt_state, params, axis_name, check=check
-            )
-            updates = gather_updates(slices, params, axis_name)
+            params, opt_state = apply_slices(grad_slices, opt_state, params)
             metrics = {"loss": loss, "grad_norm": global_norm(grad_slices, axis_name)}
             if has_aux:
                 metrics["aux"] = aux
-            return optax.apply_updates(params, updates), opt_state, metrics
+            return params, opt_state, metrics
 
         def step(params: Any, opt_state: Any, batch: Any) -> tuple[Any, Any, Any]:
             specs = state_specs(params)
