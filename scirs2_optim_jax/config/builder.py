@@ -29,6 +29,7 @@ from scirs2_optim_jax.config.schema import OptimizerConfig, RunConfig, ScheduleC
 from scirs2_optim_jax.precision import DynamicLossScale, with_master_weights
 from scirs2_optim_jax.schedules import Schedule
 from scirs2_optim_jax.transforms.clipping import clip_by_global_norm
+from scirs2_optim_jax.transforms.combine import chain
 from scirs2_optim_jax.transforms.norms import AxisName
 
 __all__ = [
@@ -44,6 +45,9 @@ __all__ = [
 # For each alias: which [optimizer] fields it takes, and under which argument name.
 APPLICABLE_FIELDS: dict[str, dict[str, str]] = registry.OPTIMIZER_FIELDS
 
+# Fraction of the run that a warmup_stable_decay schedule spends decaying, by default.
+WSD_DECAY_RATIO = 0.2
+
 
 def make_schedule(
     name: str,
@@ -52,6 +56,8 @@ def make_schedule(
     *,
     warmup_ratio: float = 0.06,
     min_lr_ratio: float = 0.01,
+    decay_ratio: float = WSD_DECAY_RATIO,
+    decay_shape: str = "linear",
 ) -> Schedule:
     """Builds the learning-rate schedule called ``name`` from :mod:`scirs2_optim_jax.schedules`.
 
@@ -64,7 +70,10 @@ def make_schedule(
     - ``cosine``: cosine decay from ``learning_rate`` to ``low``, no warmup;
     - ``linear``: linear decay from ``learning_rate`` to ``low``, no warmup;
     - ``one_cycle``: cosine one-cycle, rising for the first 30% of the steps
-      (:func:`~scirs2_optim_jax.schedules.cosine_onecycle_schedule`).
+      (:func:`~scirs2_optim_jax.schedules.cosine_onecycle_schedule`);
+    - ``warmup_stable_decay``: linear warmup over ``W`` steps, flat at ``learning_rate``,
+      then a ``decay_shape`` decay to ``low`` over the last ``floor(decay_ratio * steps)``
+      steps (:func:`~scirs2_optim_jax.schedules.warmup_stable_decay`).
 
     Args:
         name: one of :data:`~scirs2_optim_jax.config.registry.SCHEDULES`, with underscores
@@ -73,6 +82,10 @@ def make_schedule(
         steps: length of the run, an integer >= 1.
         warmup_ratio: fraction of ``steps`` spent warming up, in [0, 1).
         min_lr_ratio: final learning rate as a fraction of the peak, in [0, 1].
+        decay_ratio: ``warmup_stable_decay`` only: fraction of ``steps`` spent decaying,
+            in [0, 1], with ``warmup_ratio + decay_ratio <= 1``.
+        decay_shape: ``warmup_stable_decay`` only: ``"linear"``, ``"cosine"`` or
+            ``"1-sqrt"``.
 
     Returns:
         A schedule: step count -> learning rate (float32).
@@ -88,6 +101,8 @@ def make_schedule(
     v.check_int(fn, "steps", steps, 1)
     v.check_in_range(fn, "warmup_ratio", warmup_ratio, 0.0, 1.0)
     v.check_in_range(fn, "min_lr_ratio", min_lr_ratio, 0.0, 1.0, include_high=True)
+    v.check_in_range(fn, "decay_ratio", decay_ratio, 0.0, 1.0, include_high=True)
+    v.check_one_of(fn, "decay_shape", decay_shape, s.WSD_DECAYS)
     peak, low = float(learning_rate), float(learning_rate) * float(min_lr_ratio)
     if name == "warmup_cosine":
         return s.warmup_cosine(peak, steps, warmup_ratio, min_lr_ratio)
@@ -101,6 +116,16 @@ def make_schedule(
         return s.cosine_decay_schedule(peak, steps, alpha=float(min_lr_ratio))
     if name == "linear":
         return s.linear_schedule(peak, low, steps)
+    if name == "warmup_stable_decay":
+        if warmup_ratio + decay_ratio > 1:
+            raise ValueError(
+                f"{fn}: warmup_ratio + decay_ratio must be <= 1 for warmup_stable_decay, "
+                f"got {warmup_ratio!r} + {decay_ratio!r}"
+            )
+        # Rounded first so that 0.07 * 100 gives 7 steps, not 8 (or 6).
+        warmup = math.ceil(round(warmup_ratio * steps, 9))
+        decay = min(math.floor(round(decay_ratio * steps, 9)), steps - warmup)
+        return s.warmup_stable_decay(peak, warmup, decay, steps, low, decay_shape)
     return s.cosine_onecycle_schedule(steps, peak)
 
 
@@ -115,6 +140,8 @@ def make_optimizer(
     warmup_ratio: float = 0.06,
     min_lr_ratio: float = 0.01,
     axis_name: AxisName = None,
+    decay_ratio: float = WSD_DECAY_RATIO,
+    decay_shape: str = "linear",
 ) -> tuple[optax.GradientTransformation, Schedule]:
     """Builds ``optimizer`` on the schedule ``schedule`` peaking at ``learning_rate``.
 
@@ -127,7 +154,7 @@ def make_optimizer(
         hyperparameters: further keyword arguments of the alias (``weight_decay``, ``b1``,
             ...), e.g. from :func:`optimizer_arguments`.
         max_global_norm: clip the gradients to this global norm first; None: no clipping.
-        warmup_ratio, min_lr_ratio: see :func:`make_schedule`.
+        warmup_ratio, min_lr_ratio, decay_ratio, decay_shape: see :func:`make_schedule`.
         axis_name: the data-parallel mesh axis, given to the clipping and to LAMB/LARS so
             that their norms cover whole leaves when the leaves are ZeRO shards.
 
@@ -146,7 +173,13 @@ def make_optimizer(
     fn = "make_optimizer"
     registry.canonical_optimizer(fn, optimizer)
     lr_schedule = make_schedule(
-        schedule, learning_rate, steps, warmup_ratio=warmup_ratio, min_lr_ratio=min_lr_ratio
+        schedule,
+        learning_rate,
+        steps,
+        warmup_ratio=warmup_ratio,
+        min_lr_ratio=min_lr_ratio,
+        decay_ratio=decay_ratio,
+        decay_shape=decay_shape,
     )
     alias = getattr(optimizers, optimizer)
     kwargs = dict(hyperparameters or {})
@@ -162,7 +195,7 @@ def make_optimizer(
     tx = alias(lr_schedule, **kwargs)
     if max_global_norm is not None:
         v.check_positive(fn, "max_global_norm", max_global_norm)
-        tx = optax.chain(clip_by_global_norm(max_global_norm, axis_name=axis_name), tx)
+        tx = chain(clip_by_global_norm(max_global_norm, axis_name=axis_name), tx)
     return tx, lr_schedule
 
 
