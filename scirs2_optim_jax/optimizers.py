@@ -5,15 +5,19 @@ optax 0.2.8 optimizer of the same name; options optax lacks are keyword-only. Th
 hold no math: each is a chain of the transforms in :mod:`scirs2_optim_jax.transforms`
 (``optax.chain``, or :func:`~scirs2_optim_jax.transforms.chain` where the one-pass engine
 may run it), each hyperparameter passed once, so their states are the same nested tuples
-of NamedTuples that users inspect and checkpoint.
+of NamedTuples that users inspect and checkpoint. ``muon`` and ``adafactor`` are defined
+with their transforms (:mod:`~scirs2_optim_jax.transforms.muon`,
+:mod:`~scirs2_optim_jax.transforms.factored`) and re-exported here.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optax
 
+from scirs2_optim_jax import schedules
 from scirs2_optim_jax import validation as v
 from scirs2_optim_jax.transforms.adaptive import (
     scale_by_adam,
@@ -22,19 +26,37 @@ from scirs2_optim_jax.transforms.adaptive import (
     scale_by_rss,
     scale_by_stddev,
 )
+from scirs2_optim_jax.transforms.adopt import default_adopt_clip, scale_by_adopt
 from scirs2_optim_jax.transforms.description import Chain, DescribedTransformation, describe
-from scirs2_optim_jax.transforms.grouped import grouped_layout
+from scirs2_optim_jax.transforms.factored import adafactor
 from scirs2_optim_jax.transforms.learning_rate import scale_by_learning_rate
 from scirs2_optim_jax.transforms.masking import Mask
 from scirs2_optim_jax.transforms.momentum import scale_by_lion, trace
+from scirs2_optim_jax.transforms.muon import muon
 from scirs2_optim_jax.transforms.norms import AxisName
+from scirs2_optim_jax.transforms.schedule_free import schedule_free
 from scirs2_optim_jax.transforms.trust_ratio import (
     scale_by_lars_trust_ratio,
     scale_by_trust_ratio,
 )
 from scirs2_optim_jax.transforms.weight_decay import add_decayed_weights
 
-__all__ = ["adagrad", "adam", "adamw", "lamb", "lars", "lion", "radam", "rmsprop", "sgd"]
+__all__ = [
+    "adafactor",
+    "adagrad",
+    "adam",
+    "adamw",
+    "adopt",
+    "lamb",
+    "lars",
+    "lion",
+    "muon",
+    "radam",
+    "rmsprop",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
+    "sgd",
+]
 
 Schedule = Any  # float, jax scalar, or callable count -> value
 
@@ -56,16 +78,20 @@ def _adam_family(
         raise TypeError(f"{name}: fused must be True, False or None, got {fused!r}")
     if state_layout not in ("tree", "grouped"):
         raise ValueError(f"{name}: state_layout must be 'tree' or 'grouped', got {state_layout!r}")
-    if state_layout == "grouped" and (fused is False or no_one_pass):
-        why = "fused=False" if fused is False else no_one_pass
-        raise ValueError(f"{name}: state_layout='grouped' needs the fused path, not {why}")
+    if state_layout == "grouped":
+        # Through the optax protocol (nnx.Optimizer, TrainState) the grouped layout cost a
+        # conversion per step, and inside the engine it measured within noise of the tree
+        # layout (docs/benchmarks.md), so no user-chosen layout can be slower than the default.
+        warnings.warn(
+            f"{name}: state_layout='grouped' is deprecated and ignored; the state keeps the "
+            "chain's tree layout on every path",
+            DeprecationWarning,
+            stacklevel=3,
+        )
     if fused and no_one_pass:
         raise ValueError(f"{name}: fused=True does not support {no_one_pass}; pass fused=None")
-    combined = optax.chain(*parts)
-    if state_layout == "grouped":
-        combined = grouped_layout(name, combined)
     fused = False if no_one_pass else fused
-    return describe(combined, Chain(parts, name=name, fused=fused, state_layout=state_layout))
+    return describe(optax.chain(*parts), Chain(parts, name=name, fused=fused))
 
 
 def adam(
@@ -90,8 +116,8 @@ def adam(
         fused: the one-pass step of :func:`scirs2_optim_jax.apply_gradients`
             (keyword-only): None takes it where it applies, True requires it, False never
             takes it. ``update`` always runs the chain. See :mod:`scirs2_optim_jax.engine`.
-        state_layout: ``"tree"`` (the chain's state) or ``"grouped"`` (moments in one flat
-            buffer per group of leaves: fewer arrays per step; keyword-only).
+        state_layout: deprecated and ignored (``"grouped"`` warns): the state is always the
+            chain's own tree layout (keyword-only).
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``.
@@ -149,8 +175,8 @@ def adamw(
         fused: the one-pass step of :func:`scirs2_optim_jax.apply_gradients`
             (keyword-only): None takes it where it applies, True requires it, False never
             takes it. ``update`` always runs the chain. See :mod:`scirs2_optim_jax.engine`.
-        state_layout: ``"tree"`` (the chain's state) or ``"grouped"`` (moments in one flat
-            buffer per group of leaves: fewer arrays per step; keyword-only).
+        state_layout: deprecated and ignored (``"grouped"`` warns): the state is always the
+            chain's own tree layout (keyword-only).
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``.
@@ -206,8 +232,8 @@ def lamb(
         fused: the one-pass step of :func:`scirs2_optim_jax.apply_gradients`
             (keyword-only): None takes it where it applies, True requires it, False never
             takes it. ``update`` always runs the chain. See :mod:`scirs2_optim_jax.engine`.
-        state_layout: ``"tree"`` (the chain's state) or ``"grouped"`` (moments in one flat
-            buffer per group of leaves: fewer arrays per step; keyword-only).
+        state_layout: deprecated and ignored (``"grouped"`` warns): the state is always the
+            chain's own tree layout (keyword-only).
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``.
@@ -489,3 +515,218 @@ def adagrad(
             scale_by_rss(initial_accumulator_value, eps, accumulator_dtype=accumulator_dtype),
             scale_by_learning_rate(learning_rate),
         )
+
+
+def adopt(
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.9999,
+    eps: float = 1e-6,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: Any = default_adopt_clip,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """ADOPT: ``scale_by_adopt`` then the learning rate.
+
+    Adam with the gradient normalised by the second moment from *before* it, which
+    converges for any ``b2`` (hence the default 0.9999). Same arguments and defaults as
+    ``optax.contrib.adopt`` (its ``clip_value_fn`` default ``x ** 0.25`` is
+    :func:`~scirs2_optim_jax.transforms.adopt.default_adopt_clip` here).
+
+    Args:
+        learning_rate: a finite number >= 0 or a schedule.
+        b1, b2, eps, mu_dtype, nesterov, use_clipping, clip_value_fn: see
+            :func:`~scirs2_optim_jax.transforms.adopt.scale_by_adopt`.
+        nu_dtype: dtype of the second moment (keyword-only; optax has none).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``.
+
+    Raises:
+        ValueError, TypeError: naming the invalid argument, e.g.
+            ``adopt: scale_by_adopt: eps must be a finite number > 0, got 0.0``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> params = jnp.array([1.0, -2.0])
+        >>> tx = adopt(0.05)
+        >>> state = tx.init(params)
+        >>> for _ in range(100):
+        ...     grads = jax.grad(lambda p: jnp.sum(p**2))(params)
+        ...     updates, state = tx.update(grads, state, params)
+        ...     params = optax.apply_updates(params, updates)
+        >>> bool(jnp.all(jnp.abs(params) < 0.2))
+        True
+
+    Reference: Taniguchi et al., "ADOPT: Modified Adam Can Converge with Any beta2 with the
+    Optimal Rate", 2024.
+    """
+    with v.reraise_with_context("adopt"):
+        return optax.chain(
+            scale_by_adopt(
+                b1,
+                b2,
+                eps,
+                mu_dtype,
+                nesterov=nesterov,
+                use_clipping=use_clipping,
+                clip_value_fn=clip_value_fn,
+                nu_dtype=nu_dtype,
+            ),
+            scale_by_learning_rate(learning_rate),
+        )
+
+
+def _schedule_free_rate(fn: str, learning_rate: Schedule, warmup_steps: int | None) -> Schedule:
+    """The learning rate of a schedule-free alias: ``learning_rate`` after a linear warmup."""
+    v.check_learning_rate(fn, "learning_rate", learning_rate)
+    warmup = v.check_int(fn, "warmup_steps", warmup_steps, 1, allow_none=True)
+    if warmup is None:
+        return learning_rate
+    if callable(learning_rate):
+        raise TypeError(
+            f"{fn}: warmup_steps={warmup} needs a constant learning_rate (a schedule brings "
+            f"its own warmup), got {learning_rate!r}"
+        )
+    return schedules.warmup_constant_schedule(0.0, learning_rate, warmup)
+
+
+def schedule_free_adamw(
+    learning_rate: Schedule = 0.0025,
+    warmup_steps: int | None = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: Schedule = 0.0,
+    weight_lr_power: float = 2.0,
+    state_dtype: Any = None,
+    *,
+    mask: Mask = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Schedule-Free AdamW: AdamW without momentum inside :func:`schedule_free`.
+
+    The base optimizer is ``scale_by_rms(b2, eps, eps_in_sqrt=False, bias_correction=True)
+    -> add_decayed_weights -> scale_by_learning_rate`` (Adam with ``b1=0``, without its
+    all-zero first moment); ``b1`` is the schedule-free interpolation. Same arguments and
+    defaults as ``optax.contrib.schedule_free_adamw``. Train at the parameters the loop
+    holds; evaluate at
+    :func:`~scirs2_optim_jax.transforms.schedule_free.schedule_free_eval_params`.
+
+    Args:
+        learning_rate: a finite number >= 0 or a schedule (without decay: schedule-free
+            needs none).
+        warmup_steps: linear warmup from 0 to a constant ``learning_rate`` over this many
+            steps (an integer >= 1), or None.
+        b1: interpolation between the average and the iterates, in (0, 1].
+        b2: decay of the squared-gradient average, in [0, 1).
+        eps: added to the root of the average, > 0.
+        weight_decay: decoupled weight decay (>= 0) or a schedule, applied at the
+            gradient point ``y`` and scaled by the learning rate.
+        weight_lr_power: the averaging weights are ``max_lr ** weight_lr_power``; >= 0.
+        state_dtype: dtype of the iterates ``z`` (the state's parameter-sized sequence).
+        mask: which leaves decay (None: all; keyword-only).
+        nu_dtype: dtype of the second moment (keyword-only; optax has none).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+    Raises:
+        ValueError, TypeError: naming the invalid argument, e.g.
+            ``schedule_free_adamw: b1 must be a number in (0.0, 1.0], got 0.0``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from scirs2_optim_jax.transforms import schedule_free_eval_params
+        >>> params = jnp.array([1.0, -2.0])
+        >>> tx = schedule_free_adamw(0.1, warmup_steps=5)
+        >>> state = tx.init(params)
+        >>> for _ in range(200):
+        ...     grads = jax.grad(lambda p: jnp.sum(p**2))(params)
+        ...     updates, state = tx.update(grads, state, params)
+        ...     params = optax.apply_updates(params, updates)
+        >>> x = schedule_free_eval_params(state, params)
+        >>> bool(jnp.all(jnp.abs(x) < 0.05))
+        True
+
+    Reference: Defazio et al., "The Road Less Scheduled", 2024.
+    """
+    fn = "schedule_free_adamw"
+    rate = _schedule_free_rate(fn, learning_rate, warmup_steps)
+    v.check_in_range(fn, "b1", b1, 0.0, 1.0, include_low=False, include_high=True)
+    v.check_in_range(fn, "b2", b2, 0.0, 1.0)
+    v.check_positive(fn, "eps", eps)
+    v.check_learning_rate(fn, "weight_decay", weight_decay)
+    with v.reraise_with_context(fn):
+        base = optax.chain(
+            scale_by_rms(b2, eps, eps_in_sqrt=False, bias_correction=True, nu_dtype=nu_dtype),
+            add_decayed_weights(weight_decay, mask),
+            scale_by_learning_rate(rate),
+        )
+    return _schedule_free(fn, base, rate, b1, weight_lr_power, state_dtype)
+
+
+def _schedule_free(
+    fn: str,
+    base: optax.GradientTransformation,
+    rate: Schedule,
+    b1: float,
+    weight_lr_power: float,
+    state_dtype: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """:func:`schedule_free` around ``base``, with its errors named after the alias ``fn``."""
+    try:
+        return schedule_free(base, rate, b1, weight_lr_power, state_dtype)
+    except (ValueError, TypeError) as err:
+        # "schedule_free: b1 must ..." reads "<alias>: b1 must ...": the alias's argument.
+        raise type(err)(str(err).replace("schedule_free:", f"{fn}:", 1)) from None
+
+
+def schedule_free_sgd(
+    learning_rate: Schedule = 1.0,
+    warmup_steps: int | None = None,
+    b1: float = 0.9,
+    weight_decay: Schedule | None = None,
+    weight_lr_power: float = 2.0,
+    state_dtype: Any = None,
+    *,
+    mask: Mask = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Schedule-Free SGD: plain SGD (optionally with weight decay) inside :func:`schedule_free`.
+
+    Same arguments and defaults as ``optax.contrib.schedule_free_sgd``. The weight decay is
+    added to the gradient, so it is scaled by the learning rate (as in PyTorch).
+
+    Args:
+        learning_rate: a finite number >= 0 or a schedule (without decay).
+        warmup_steps: linear warmup from 0 to a constant ``learning_rate`` over this many
+            steps (an integer >= 1), or None.
+        b1: interpolation between the average and the iterates, in (0, 1].
+        weight_decay: weight decay (>= 0) or a schedule, or None for none.
+        weight_lr_power: the averaging weights are ``max_lr ** weight_lr_power``; >= 0.
+        state_dtype: dtype of the iterates ``z``.
+        mask: which leaves decay (None: all; keyword-only).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> tx = schedule_free_sgd(0.5)
+        >>> params = {"w": jnp.array([2.0])}
+        >>> updates, _ = tx.update({"w": jnp.array([1.0])}, tx.init(params), params)
+        >>> round(float(updates["w"][0]), 6)  # z moves by -0.5, and the first x = z
+        -0.5
+
+    Reference: Defazio et al., "The Road Less Scheduled", 2024.
+    """
+    fn = "schedule_free_sgd"
+    rate = _schedule_free_rate(fn, learning_rate, warmup_steps)
+    with v.reraise_with_context(fn):
+        base = sgd(rate)
+        if weight_decay is not None:
+            base = optax.chain(add_decayed_weights(weight_decay, mask), base)
+    return _schedule_free(fn, base, rate, b1, weight_lr_power, state_dtype)

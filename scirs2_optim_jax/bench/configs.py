@@ -155,16 +155,13 @@ ADAMW = {"learning_rate": 1e-3, "weight_decay": 1e-4}
 ADAMW_BYTES = 28
 
 
-def _layout() -> str:
-    """Ours keeps Adam's moments in the grouped layout (one flat buffer per group of leaves)
-    on the CPU, where the fused kernels run (the bf16 config too: its kernel reads the bf16
-    gradients and writes the bf16 parameters itself). On accelerators the optimizers run
-    their XLA path, which keeps the tree layout."""
-    return "grouped" if jax.default_backend() == "cpu" else "tree"
-
-
 CLIP_ADAMW_BYTES = 32
 LAMB_BYTES = 40
+# ADOPT reads params, grads, mu, nu and writes params, mu, nu, as AdamW. Schedule-free AdamW
+# reads y (the params), grads, z, nu and writes y, z, nu: the same 7 x 4 bytes.
+ADOPT_BYTES = 28
+SCHEDULE_FREE_BYTES = 28
+SCHEDULE_FREE = {"learning_rate": 1e-3, "warmup_steps": 100, "weight_decay": 1e-4}
 
 
 def _configs() -> dict[str, BenchConfig]:
@@ -173,7 +170,7 @@ def _configs() -> dict[str, BenchConfig]:
             "a",
             "adamw, 10M params in 20 leaves",
             _list_tree(20),
-            lambda: optimizers.adamw(**ADAMW, state_layout=_layout()),
+            lambda: optimizers.adamw(**ADAMW),
             lambda: optax.adamw(**ADAMW),
             ADAMW_BYTES,
         ),
@@ -181,7 +178,7 @@ def _configs() -> dict[str, BenchConfig]:
             "b",
             "adamw, 10M in 200 leaves",
             _list_tree(200),
-            lambda: optimizers.adamw(**ADAMW, state_layout=_layout()),
+            lambda: optimizers.adamw(**ADAMW),
             lambda: optax.adamw(**ADAMW),
             ADAMW_BYTES,
         ),
@@ -189,7 +186,7 @@ def _configs() -> dict[str, BenchConfig]:
             "c",
             "adamw, 10M in 2,000 leaves",
             _list_tree(2000),
-            lambda: optimizers.adamw(**ADAMW, state_layout=_layout()),
+            lambda: optimizers.adamw(**ADAMW),
             lambda: optax.adamw(**ADAMW),
             ADAMW_BYTES,
         ),
@@ -199,7 +196,7 @@ def _configs() -> dict[str, BenchConfig]:
             _list_tree(200),
             lambda: chain(
                 clipping.clip_by_global_norm(1.0),
-                optimizers.adamw(_warmup_cosine(), weight_decay=1e-4, state_layout=_layout()),
+                optimizers.adamw(_warmup_cosine(), weight_decay=1e-4),
             ),
             lambda: optax.chain(
                 optax.clip_by_global_norm(1.0),
@@ -211,7 +208,7 @@ def _configs() -> dict[str, BenchConfig]:
             "e",
             "lamb, 200 leaves",
             _list_tree(200),
-            lambda: optimizers.lamb(1e-3, weight_decay=1e-4, state_layout=_layout()),
+            lambda: optimizers.lamb(1e-3, weight_decay=1e-4),
             lambda: optax.lamb(1e-3, weight_decay=1e-4),
             LAMB_BYTES,
         ),
@@ -221,7 +218,7 @@ def _configs() -> dict[str, BenchConfig]:
             _list_tree(2000),
             lambda: chain(
                 clipping.clip_by_global_norm(1.0),
-                optimizers.lamb(_warmup_cosine(), weight_decay=1e-4, state_layout=_layout()),
+                optimizers.lamb(_warmup_cosine(), weight_decay=1e-4),
             ),
             lambda: optax.chain(
                 optax.clip_by_global_norm(1.0),
@@ -233,9 +230,7 @@ def _configs() -> dict[str, BenchConfig]:
             "g",
             "adamw, bf16 params, fp32 master weights + moments, 200 leaves",
             _list_tree(200),
-            lambda: precision.with_master_weights(
-                optimizers.adamw(**ADAMW, state_layout=_layout())
-            ),
+            lambda: precision.with_master_weights(optimizers.adamw(**ADAMW)),
             lambda: optax.adamw(**ADAMW),
             # read bf16 grads (2), master, mu, nu (12); write master, mu, nu (12), bf16 params (2)
             ADAMW_BYTES,
@@ -246,7 +241,7 @@ def _configs() -> dict[str, BenchConfig]:
             "h",
             "adamw, Flax transformer (12 layers, width 512, untied embeddings)",
             _transformer_tree,
-            lambda: optimizers.adamw(**ADAMW, state_layout=_layout()),
+            lambda: optimizers.adamw(**ADAMW),
             lambda: optax.adamw(**ADAMW),
             ADAMW_BYTES,
         ),
@@ -257,10 +252,26 @@ def _configs() -> dict[str, BenchConfig]:
                 f"leaf_{i:04d}": leaf
                 for i, leaf in enumerate(_materialise(leaf_shapes(1_000_000_000, 200), dtype, seed))
             },
-            lambda: optimizers.adamw(**ADAMW, state_layout="tree"),
+            lambda: optimizers.adamw(**ADAMW),
             lambda: optax.adamw(**ADAMW),
             ADAMW_BYTES,
             accelerator_only=True,
+        ),
+        BenchConfig(
+            "j",
+            "adopt, 200 leaves",
+            _list_tree(200),
+            lambda: optimizers.adopt(1e-3),
+            lambda: optax.contrib.adopt(1e-3),
+            ADOPT_BYTES,
+        ),
+        BenchConfig(
+            "k",
+            "schedule_free_adamw, 200 leaves",
+            _list_tree(200),
+            lambda: optimizers.schedule_free_adamw(**SCHEDULE_FREE),
+            lambda: optax.contrib.schedule_free_adamw(**SCHEDULE_FREE),
+            SCHEDULE_FREE_BYTES,
         ),
     ]
     return {c.name: c for c in configs}

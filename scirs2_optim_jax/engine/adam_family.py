@@ -5,7 +5,7 @@ On XLA:CPU the chained transforms compile to several loops per leaf (AdamW: thre
 -> [scale_by_trust_ratio] -> scale_by_learning_rate`` (what ``adam``, ``adamw`` and ``lamb``
 are) runs here as one kernel call per group of leaves that reads parameters, gradients and
 moments once and writes the new parameters and moments in place. The state is the chain's
-own (or its grouped layout, :mod:`scirs2_optim_jax.transforms.grouped`); the learning rate
+own; the learning rate
 and the decay rate come from running the chain's own transformations on a scalar, so
 schedules and injected values behave identically.
 
@@ -34,7 +34,6 @@ from scirs2_optim_jax.transforms.description import (
     ScaleByTrustRatio,
     describe_of,
 )
-from scirs2_optim_jax.transforms.grouped import GroupedAdamState
 from scirs2_optim_jax.transforms.masking import mask_leaves
 from scirs2_optim_jax.transforms.moments import bias_correction, safe_increment
 from scirs2_optim_jax.transforms.weight_decay import add_decayed_weights
@@ -56,7 +55,6 @@ class AdamFamilyPlan:
     decay_index: int | None
     decay: AddDecayedWeights | None
     fused: bool | None
-    grouped: bool
 
 
 def _is_default_trust_ratio(d: ScaleByTrustRatio) -> bool:
@@ -95,8 +93,7 @@ def match_adam_family(chain: Chain) -> AdamFamilyPlan | None:
             kind = "lamb"
         else:
             return None
-    grouped = chain.state_layout == "grouped"
-    return AdamFamilyPlan(chain.name, kind, first, decay_index, decay, chain.fused, grouped)
+    return AdamFamilyPlan(chain.name, kind, first, decay_index, decay, chain.fused)
 
 
 def kernel_applies(name: str, fused: bool | None, float32: bool, what: str) -> bool:
@@ -201,8 +198,7 @@ def kernel_step(
     """
     adam_state = state[0]
     v.check_tree_matches(plan.name, grads, params, ref_name="params")
-    if not plan.grouped:
-        v.check_tree_matches(plan.name, grads, adam_state.mu)
+    v.check_tree_matches(plan.name, grads, adam_state.mu)
     leaves, treedef = jax.tree.flatten(grads)
     count = safe_increment(adam_state.count)
     neg_lr, rate, new_state = _scalar_rates(plan, tx_parts, state)
@@ -218,10 +214,7 @@ def kernel_step(
         bias_correction(b2, count),
         grad_scale,
     )
-    if plan.grouped:
-        mu, nu = list(adam_state.mu), list(adam_state.nu)
-    else:
-        mu, nu = treedef.flatten_up_to(adam_state.mu), treedef.flatten_up_to(adam_state.nu)
+    mu, nu = treedef.flatten_up_to(adam_state.mu), treedef.flatten_up_to(adam_state.nu)
     low = None if low_params is None else treedef.flatten_up_to(low_params)
     outs, new_mu, new_nu, new_low = fused_step(
         plan.kind,
@@ -232,15 +225,11 @@ def kernel_step(
         nu,
         apply=apply,
         decay=_decay_flags(plan, params, grads, len(leaves)),
-        grouped=plan.grouped,
         low_params=low,
     )
-    if plan.grouped:
-        new_state[0] = GroupedAdamState(count=count, mu=tuple(new_mu), nu=tuple(new_nu))
-    else:
-        new_state[0] = ScaleByAdamState(
-            count=count, mu=treedef.unflatten(new_mu), nu=treedef.unflatten(new_nu)
-        )
+    new_state[0] = ScaleByAdamState(
+        count=count, mu=treedef.unflatten(new_mu), nu=treedef.unflatten(new_nu)
+    )
     new_low_tree = None if low_params is None else treedef.unflatten(new_low)
     return treedef.unflatten(outs), tuple(new_state), new_low_tree
 

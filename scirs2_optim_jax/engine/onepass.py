@@ -32,7 +32,6 @@ from scirs2_optim_jax import validation as v
 from scirs2_optim_jax.engine import adam_family as af
 from scirs2_optim_jax.engine.kernels import sum_of_squares
 from scirs2_optim_jax.precision import MasterWeightsState, cast_floating, round_to_params
-from scirs2_optim_jax.transforms import grouped as grouped_layout
 from scirs2_optim_jax.transforms.clipping import clip_factor
 from scirs2_optim_jax.transforms.description import (
     Chain,
@@ -63,7 +62,7 @@ class OnePassStep:
             equal to ``tx.update`` + ``optax.apply_updates`` for the gradients multiplied
             by ``grad_scale`` (a scalar) when given.
         to_canonical: ``(state, params) -> state`` in the chain's own layout, which
-            checkpoints store (the identity unless the state is grouped).
+            checkpoints store (the identity for every step the engine has today).
         from_canonical: the inverse of ``to_canonical``.
         apply_master: for Adam and AdamW, the master-weights pass
             ``(grads, state, master, params) -> (new_params, new_master, new_state)``, or
@@ -149,13 +148,7 @@ def _adam_family_step(
         )
         return new_params, new_master, new_state
 
-    if not plan.grouped:
-        return OnePassStep(plan.name, apply, apply_master=apply_master)
-
-    def from_canonical(state: Any, params: Any) -> Any:
-        return grouped_layout.from_canonical(state, params, plan.name)
-
-    return OnePassStep(plan.name, apply, grouped_layout.to_canonical, from_canonical, apply_master)
+    return OnePassStep(plan.name, apply, apply_master=apply_master)
 
 
 def _clip_factor(clip: ClipByGlobalNorm, grads: Any) -> jax.Array:

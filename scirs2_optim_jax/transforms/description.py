@@ -88,14 +88,13 @@ class ClipByGlobalNorm:
 class Chain:
     """:func:`~scirs2_optim_jax.transforms.chain` of ``parts``.
 
-    ``fused`` and ``state_layout`` are the options an alias was given for the one-pass step
-    (None/"tree" for a plain chain): see :func:`~scirs2_optim_jax.optimizers.adamw`.
+    ``fused`` is the option an alias was given for the one-pass step (None for a plain
+    chain): see :func:`~scirs2_optim_jax.optimizers.adamw`.
     """
 
     parts: tuple[optax.GradientTransformation, ...]
     name: str = "chain"
     fused: bool | None = None
-    state_layout: str = "tree"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -317,79 +317,17 @@ def test_master_weights_use_the_fused_step_and_equal_the_chain(grad_dtype: objec
 
 
 @pytest.mark.parametrize("name", ["adamw", "lamb"])
-@pytest.mark.parametrize("path", ["update", "apply"])
-def test_grouped_layout_equals_chain(name: str, path: str) -> None:
+def test_grouped_layout_is_deprecated_and_gives_the_tree_state(name: str) -> None:
+    """No user-chosen layout is slower than the default: "grouped" warns and is the tree."""
     kwargs = {"learning_rate": SCHEDULE, "weight_decay": 0.05, "mask": decay_mask}
-    grouped = getattr(so, name)(**kwargs, fused=True, state_layout="grouped")
-    got_params, got_state = _run(grouped, fused_apply=path == "apply")
-    assert isinstance(got_state[0], so.transforms.GroupedAdamState)
-    want = _run(getattr(so, name)(**kwargs, fused=False), fused_apply=False)
-    canonical = one_pass_step(grouped).to_canonical(got_state, got_params)
-    _assert_close((got_params, canonical), want, leaf_scaled=name == "lamb")
-
-
-def test_grouped_layout_has_few_arrays_and_round_trips() -> None:
-    shapes = {f"leaf_{i:03d}": (i % 7 + 1, 3) for i in range(520)}
-    params = {k: jnp.ones(s, jnp.float32) for k, s in shapes.items()}
-    tx = so.adamw(1e-3, fused=True, state_layout="grouped")
-    state = tx.init(params)
-    assert [x.shape for x in state[0].mu] == [
-        (sum((i % 7 + 1) * 3 for i in range(a, b)),) for a, b in [(0, 256), (256, 512), (512, 520)]
-    ]
-    assert len(jax.tree.leaves(state)) == 1 + 2 * 3  # count + 3 groups of mu and nu
-    canonical = one_pass_step(tx).to_canonical(state, params)
-    assert jax.tree.structure(canonical) == jax.tree.structure(
-        so.adamw(1e-3, fused=False).init(params)
-    )
-    back = one_pass_step(tx).from_canonical(canonical, params)
-    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state), strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_grouped_checkpoint_restores_into_either_layout(tmp_path: object) -> None:
-    """Saved canonical: a grouped run resumes as grouped or as the plain chain, equally."""
-    kwargs = {"learning_rate": 1e-2, "weight_decay": 0.05}
-    grouped = so.adamw(**kwargs, fused=True, state_layout="grouped")
-    tree = so.adamw(**kwargs, fused=False)
-    params = _tree(0)
-    state = grouped.init(params)
-    step = jax.jit(lambda p, s, g: apply_gradients(grouped, g, s, p))
-    for i in range(3):
-        params, state = step(params, state, _tree(100 + i, 0.1))
-    layout = so.checkpoint.opt_state_layout(
-        lambda s: one_pass_step(grouped).to_canonical(s, params),
-        lambda s: one_pass_step(grouped).from_canonical(s, params),
-    )
-    target = jax.eval_shape(lambda: so.CheckpointState(params, tree.init(params)))
-    with so.CheckpointManager(tmp_path, async_save=False) as manager:
-        manager.save(3, so.CheckpointState(params, state), layout=layout)
-        as_grouped = manager.restore(3, target, layout=layout).state
-        as_tree = manager.restore(3, target).state
-    assert isinstance(as_tree.opt_state[0], so.transforms.ScaleByAdamState)
-    grads = _tree(200, 0.1)
-    p1, s1 = apply_gradients(grouped, grads, as_grouped.opt_state, as_grouped.params)
-    p2, s2 = apply_gradients(tree, grads, as_tree.opt_state, as_tree.params)
-    _assert_close((p1, one_pass_step(grouped).to_canonical(s1, p1)), (p2, s2), leaf_scaled=False)
-
-
-def test_grouped_layout_off_the_kernel_path_still_works() -> None:
-    """fused=None on 8 devices: the grouped state goes through the chain, same numbers."""
-    grouped = so.adamw(1e-2, state_layout="grouped")
-    got_params, got_state = _run(grouped, fused_apply=True)
-    want = _run(so.adamw(1e-2, fused=False), fused_apply=False)
-    _assert_close(
-        (got_params, one_pass_step(grouped).to_canonical(got_state, got_params)), want, False
-    )
-
-
-def test_grouped_layout_errors() -> None:
-    with pytest.raises(ValueError, match=r"adamw: state_layout='grouped' needs the fused path"):
-        so.adamw(1e-3, fused=False, state_layout="grouped")
+    with pytest.warns(DeprecationWarning, match=rf"{name}: state_layout='grouped' is deprecated"):
+        grouped = getattr(so, name)(**kwargs, fused=True, state_layout="grouped")
+    got = _run(grouped, fused_apply=True)
+    assert isinstance(got[1][0], so.transforms.ScaleByAdamState)
+    want = _run(getattr(so, name)(**kwargs, fused=True), fused_apply=True)
+    _assert_close(got, want, leaf_scaled=False)
     with pytest.raises(ValueError, match=r"adamw: state_layout must be 'tree' or 'grouped'"):
         so.adamw(1e-3, state_layout="flat")
-    tx = so.adamw(1e-3, state_layout="grouped")
-    with pytest.raises(ValueError, match=r"adamw: state_layout='grouped' needs float32 params"):
-        tx.init({"w": jnp.ones(3, jnp.bfloat16)})
 
 
 def test_master_weights_one_pass_with_float32_leaves_in_the_tree() -> None:
