@@ -5,6 +5,7 @@ Subcommands:
     bench   time our optimizer steps against optax and the memory-bandwidth bound.
     plan    predict per-device memory for a config or demo model, recommend a batch size.
     ckpt    list and verify checkpoints (ckpt ls DIR, ckpt verify DIR [--step N]).
+    kernels build the one-pass CPU kernels ahead of their first use (kernels build).
 
 Each subcommand module has an ``add_parser(subparsers)`` that declares its options and sets
 ``handler`` to the function that runs it: ``train`` and ``plan`` here
@@ -42,7 +43,7 @@ from collections.abc import Sequence
 
 from scirs2_optim_jax.bench import commands as bench
 from scirs2_optim_jax.checkpoint import commands as ckpt
-from scirs2_optim_jax.cli import plan, train
+from scirs2_optim_jax.cli import kernels, plan, train
 from scirs2_optim_jax.cli.arguments import Parser
 from scirs2_optim_jax.cli.train_options import (
     COORDINATOR_VAR,
@@ -90,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         title="commands", dest="command", required=True, metavar="COMMAND"
     )
-    for add_parser in (train.add_parser, bench.add_parser, plan.add_parser, ckpt.add_parser):
-        add_parser(subparsers)
+    commands = (train, bench, plan, ckpt, kernels)
+    for command in commands:
+        command.add_parser(subparsers)
     return parser
 
 

@@ -320,3 +320,12 @@ def test_k8s_scrape_config_finds_the_job_pods() -> None:
         target = f"{pod}.{service['metadata']['name']}.default.svc.cluster.local."
         assert re.fullmatch(relabel["pod"], target).group(1) == pod
         assert re.fullmatch(relabel["process_id"], target).group(1) == str(index)
+
+
+def test_image_builds_the_kernels_ahead_of_time() -> None:
+    """The image's first training step must not wait for the C++ compiler."""
+    text = DOCKERFILE.read_text()
+    assert re.search(r"SCIRS2_OPTIM_KERNEL_CACHE=/opt/scirs2-optim-jax/cache", text)
+    assert "scirs2-optim kernels build" in text
+    assert re.search(r"apt-get install -y --no-install-recommends g\+\+", text)
+    assert "chown -R scirs2:scirs2 /opt/scirs2-optim-jax/cache" in text

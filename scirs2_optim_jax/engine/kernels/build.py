@@ -150,7 +150,12 @@ def load_kernels() -> KernelLibrary | None:
     try:
         path = _library_path(compiler)
         if not path.exists():
-            log.info("building fused CPU kernels into %s", path)
+            # Said once, loudly: the first one-pass step waits for the compiler (about 10 s).
+            log.warning(
+                "building the one-pass CPU kernels into %s (once per machine; "
+                "`scirs2-optim kernels build` does it ahead of time)",
+                path.parent,
+            )
             _build(compiler, path)
         library = ctypes.cdll.LoadLibrary(str(path))
         for name, symbol in TARGETS.items():
