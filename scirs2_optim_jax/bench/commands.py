@@ -1,4 +1,5 @@
-"""``scirs2-optim bench``: the side-by-side optimizer-step benchmark."""
+"""``scirs2-optim bench``: the side-by-side optimizer-step benchmark, and with
+``--checkpoint`` our verified checkpoints against plain Orbax."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 __all__ = ["add_parser", "main"]
 
-CONFIG_NAMES = ("a", "b", "c", "d", "e", "f", "g", "h", "i")
+CONFIG_NAMES = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "warm-up; compile time measured separately. Configs: a-c adamw 10M params in "
             "20/200/2,000 leaves; d clip+adamw+warmup-cosine; e lamb; f clip+lamb+warmup-cosine "
             "(2,000 leaves); g bf16 params with fp32 master weights; h a 12-layer Flax "
-            "transformer; i adamw at 1B params (accelerators only). The persistent compilation "
+            "transformer; i adamw at 1B params (accelerators only); j adopt; k schedule-free AdamW "
+            "(200 leaves, against optax.contrib's). The persistent compilation "
             "cache is on (see SCIRS2_OPTIM_COMPILATION_CACHE)."
         ),
     )
@@ -46,12 +48,126 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="also show that a second process reuses the persistent compilation cache",
     )
+    parser.add_argument(
+        "--flax",
+        action="store_true",
+        help=(
+            "instead, time the step where Flax users train: our optimizers through "
+            "scirs2_optim_jax.flax.Optimizer (jitted NNX split/merge step) and "
+            "flax.TrainState.apply_gradients, against optax's through Flax's own classes "
+            "(configs b-e; PyTorch's fused AdamW on b and c)"
+        ),
+    )
+    parser.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help=(
+            "instead of the optimizer steps, time checkpoint save and verified restore "
+            "against plain Orbax (see --sizes, --rounds)"
+        ),
+    )
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        metavar="SIZES",
+        help="with --checkpoint: comma-separated state sizes (default: 300MB,2GB)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="with --checkpoint: rounds per side, the medians are reported (default: 3)",
+    )
     parser.set_defaults(handler=run)
     return parser
 
 
+def _error(message: str) -> int:
+    print(f"scirs2-optim bench: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    """Runs ``bench --checkpoint``: ours against plain Orbax; returns the exit code."""
+    if args.configs:
+        return _error("--checkpoint takes no configs")
+    if args.rounds < 1:
+        return _error(f"--rounds must be >= 1, got {args.rounds}")
+    from scirs2_optim_jax.bench import checkpoint
+
+    try:
+        sizes = [
+            checkpoint.parse_size(s) for s in (args.sizes or checkpoint.DEFAULT_SIZES).split(",")
+        ]
+    except ValueError as err:
+        return _error(f"--sizes: {err}")
+    from scirs2_optim_jax.bench import report
+
+    info = report.machine_info()
+    print(
+        f"{info['backend']} ({info['device']}, {info['cpu_count']} cores), jax {info['jax']}, "
+        f"orbax-checkpoint {checkpoint.orbax_version()}; {args.rounds} rounds per side",
+        flush=True,
+    )
+
+    def on_round(size: int, side: str, figures: dict[str, float]) -> None:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
+        print(f"  {size / 1e6:.0f} MB {side:>5}: {shown}", flush=True)
+
+    rows = checkpoint.run_checkpoint_bench(
+        sizes,
+        rounds=args.rounds,
+        on_round=on_round,
+        on_row=lambda row: print(checkpoint.format_table([row]), flush=True),
+    )
+    print(checkpoint.format_table(rows), flush=True)
+    if args.json:
+        args.json.write_text(report.to_json([], {"checkpoint": [r.as_dict() for r in rows]}))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def run_flax(args: argparse.Namespace) -> int:
+    """Runs ``bench --flax``: the Flax training paths, ours against optax's."""
+    from scirs2_optim_jax.bench import flax_paths
+
+    names = tuple(args.configs) or flax_paths.FLAX_CONFIGS
+    unknown = [name for name in names if name not in flax_paths.FLAX_CONFIGS]
+    if unknown:
+        return _error(
+            f"--flax runs configs {', '.join(flax_paths.FLAX_CONFIGS)}, not {unknown[0]!r}"
+        )
+    if args.repeats < 1:
+        return _error(f"--repeats must be >= 1, got {args.repeats}")
+    from scirs2_optim_jax.bench import report
+    from scirs2_optim_jax.compile_cache import enable_compilation_cache
+
+    cache_dir = enable_compilation_cache()
+    info = report.machine_info()
+    print(
+        f"{info['backend']} ({info['device']}, {info['cpu_count']} cores), jax {info['jax']}, "
+        f"optax {info['optax']}; compilation cache: {cache_dir or 'off'}",
+        flush=True,
+    )
+    print(flax_paths.header(), flush=True)
+    results = flax_paths.run_flax_paths(
+        names,
+        repeats=args.repeats,
+        torch=not args.no_torch,
+        report=lambda r: print(flax_paths.format_row(r), flush=True),
+    )
+    if args.json:
+        args.json.write_text(report.to_json([], {"flax": [r.as_dict() for r in results]}))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the benchmark described by parsed ``args``; returns the exit code."""
+    if getattr(args, "checkpoint", False):
+        return run_checkpoint(args)
+    if getattr(args, "flax", False):
+        return run_flax(args)
     unknown = [name for name in args.configs if name not in CONFIG_NAMES]
     if unknown:
         print(

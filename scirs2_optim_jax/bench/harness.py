@@ -2,7 +2,7 @@
 
 For each config the harness builds the same parameter tree for both optimizers, jits one
 training step each (``update`` + ``apply_updates``, parameters and optimizer state donated;
-ours goes through :func:`~scirs2_optim_jax.transforms.fused.apply_gradients`, which is that
+ours goes through :func:`~scirs2_optim_jax.engine.apply_gradients`, which is that
 same step done in one pass where the optimizer has a fused kernel, and the plain protocol
 path is then timed too, as ``protocol_ms``),
 measures compile time separately, then times the median of ``repeats`` steps after a warm-up
@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from scirs2_optim_jax.bench.configs import CONFIGS, BenchConfig
-from scirs2_optim_jax.engine import apply_gradients
+from scirs2_optim_jax.engine import apply_gradients, one_pass_step
 
 __all__ = ["BenchResult", "measure_bandwidth", "run_config", "run_configs"]
 
@@ -179,7 +179,7 @@ def run_config(config: BenchConfig, repeats: int = 7, torch: bool = True) -> Ben
     # Ours keeps fp32 master weights inside its state (precision.with_master_weights); optax
     # has no such wrapper, so its step keeps the master copy itself.
     ours_step = _train_step(ours_tx, False, standard_promotion=False, fused_apply=True)
-    has_fused_apply = hasattr(ours_tx.update, "apply")
+    has_fused_apply = one_pass_step(ours_tx) is not None
     optax_step = _train_step(optax_tx, config.master_weights, standard_promotion=True)
     ours_carry = _initial_carry(ours_tx, params, False)
     optax_carry = _initial_carry(optax_tx, params, config.master_weights)

@@ -1,0 +1,234 @@
+"""The optimizer step where Flax users train: ``nnx.Optimizer`` and ``TrainState``.
+
+For configs b-e of the benchmark, one process times, in turn:
+
+- ``nnx``: a jitted, donated Flax NNX split/merge step (``nnx.merge`` -> ``optimizer.update(
+  model, grads)`` -> ``nnx.state``), ours with :class:`scirs2_optim_jax.flax.Optimizer` and
+  our optimizer, optax's with ``flax.nnx.Optimizer`` and the optax optimizer of the same
+  hyperparameters;
+- ``train_state``: a jitted, donated ``state.apply_gradients(grads=grads)``, ours with
+  :class:`scirs2_optim_jax.flax.TrainState`, optax's with Flax's ``TrainState``;
+- PyTorch's fused AdamW on the same shapes (b and c, when torch is installed);
+- the streaming kernel that gives the bandwidth bound, as in the main harness.
+
+Each entry runs twice per round and the second run is timed, and the order rotates every
+round, so load drift hits all alike. Compile times are measured separately (lower +
+compile).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+from flax import nnx
+from flax.training import train_state
+
+from scirs2_optim_jax import flax as so_flax
+from scirs2_optim_jax.bench.configs import CONFIGS, BenchConfig
+from scirs2_optim_jax.bench.harness import _streaming_kernel, _torch_adamw_step
+
+__all__ = ["FLAX_CONFIGS", "FlaxPathResult", "run_flax_paths"]
+
+FLAX_CONFIGS = ("b", "c", "d", "e")
+PATHS = ("nnx", "train_state")
+
+
+@dataclasses.dataclass
+class FlaxPathResult:
+    """One config through one Flax path; times in milliseconds, compile times in seconds."""
+
+    config: str
+    path: str
+    description: str
+    num_params: int
+    num_leaves: int
+    ours_ms: float
+    optax_ms: float
+    bound_ms: float
+    ours_compile_s: float
+    optax_compile_s: float
+    torch_ms: float | None = None
+
+    @property
+    def speedup(self) -> float:
+        """optax time / our time."""
+        return self.optax_ms / self.ours_ms
+
+    @property
+    def vs_torch(self) -> float | None:
+        """PyTorch's fused AdamW time / our time (above 1: we are faster)."""
+        return None if self.torch_ms is None else self.torch_ms / self.ours_ms
+
+    def as_dict(self) -> dict[str, Any]:
+        row = dataclasses.asdict(self)
+        row.update(speedup=self.speedup, vs_torch=self.vs_torch)
+        return row
+
+
+class _Leaves(nnx.Module):
+    """A model that is just the config's parameter leaves, as ``nnx.Param``s."""
+
+    def __init__(self, leaves: dict[str, jax.Array]) -> None:
+        for name, value in leaves.items():
+            setattr(self, name, nnx.Param(value))
+
+
+def _compiled(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    compiled = jax.jit(fn, donate_argnums=(0,)).lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def _nnx_entry(
+    optimizer_cls: type, tx: optax.GradientTransformation, params: Any, grads: Any
+) -> tuple[Callable[[], None], float]:
+    model = _Leaves(params)
+    optimizer = optimizer_cls(model, tx, wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    grad_state = nnx.state(_Leaves(grads), nnx.Param)
+
+    def step(state: Any, grads: Any) -> Any:
+        model, optimizer = nnx.merge(graphdef, state)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer))
+
+    fn, compile_s = _compiled(step, state, grad_state)
+    carry = [jax.block_until_ready(fn(state, grad_state))]
+
+    def run() -> None:
+        carry[0] = jax.block_until_ready(fn(carry[0], grad_state))
+
+    return run, compile_s
+
+
+def _train_state_entry(
+    state_cls: type, tx: optax.GradientTransformation, params: Any, grads: Any
+) -> tuple[Callable[[], None], float]:
+    state = state_cls.create(apply_fn=None, params=params, tx=tx)
+
+    def step(state: Any, grads: Any) -> Any:
+        return state.apply_gradients(grads=grads)
+
+    fn, compile_s = _compiled(step, state, grads)
+    carry = [jax.block_until_ready(fn(state, grads))]
+
+    def run() -> None:
+        carry[0] = jax.block_until_ready(fn(carry[0], grads))
+
+    return run, compile_s
+
+
+def _standard_promotion(make: Callable[[], Any]) -> Any:
+    # optax's own code relies on implicit int/float promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        return make()
+
+
+def _entries(
+    config: BenchConfig, path: str, params: Any, grads: Any
+) -> tuple[dict[str, Callable[[], None]], float, float]:
+    fresh = lambda tree: jax.tree.map(lambda x: x.copy(), tree)
+    if path == "nnx":
+        ours, ours_c = _nnx_entry(so_flax.Optimizer, config.ours(), fresh(params), grads)
+        theirs, theirs_c = _standard_promotion(
+            lambda: _nnx_entry(nnx.Optimizer, config.reference(), fresh(params), grads)
+        )
+    else:
+        ours, ours_c = _train_state_entry(so_flax.TrainState, config.ours(), fresh(params), grads)
+        theirs, theirs_c = _standard_promotion(
+            lambda: _train_state_entry(
+                train_state.TrainState, config.reference(), fresh(params), grads
+            )
+        )
+
+    def optax_run() -> None:
+        with jax.numpy_dtype_promotion("standard"):
+            theirs()
+
+    return {"ours": ours, "optax": optax_run}, ours_c, theirs_c
+
+
+def run_flax_path(name: str, path: str, repeats: int = 7, torch: bool = True) -> FlaxPathResult:
+    """Times config ``name`` through ``path`` (``"nnx"`` or ``"train_state"``)."""
+    config = CONFIGS[name]
+    params = config.make_params(config.param_dtype, 0)
+    grads = config.make_params(config.param_dtype, 1)
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    entries, ours_compile, optax_compile = _entries(config, path, params, grads)
+    stream, x = _streaming_kernel(num_params * config.bytes_per_param // 8)
+    stream_carry = [x]
+
+    def run_stream() -> None:
+        stream_carry[0] = jax.block_until_ready(stream(stream_carry[0]))
+
+    entries["stream"] = run_stream
+    torch_step = _torch_adamw_step(params) if torch and name in ("b", "c") else None
+    if torch_step is not None:
+        entries["torch"] = torch_step
+    times: dict[str, list[float]] = {key: [] for key in entries}
+    keys = list(entries)
+    for round_index in range(repeats):
+        shift = round_index % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            entries[key]()  # untimed run first: the timed one starts from a settled cache
+            start = time.perf_counter()
+            entries[key]()
+            times[key].append(time.perf_counter() - start)
+    median_ms = {key: statistics.median(values) * 1e3 for key, values in times.items()}
+    return FlaxPathResult(
+        config=name,
+        path=path,
+        description=config.description,
+        num_params=num_params,
+        num_leaves=len(jax.tree.leaves(params)),
+        ours_ms=median_ms["ours"],
+        optax_ms=median_ms["optax"],
+        bound_ms=median_ms["stream"],
+        ours_compile_s=ours_compile,
+        optax_compile_s=optax_compile,
+        torch_ms=median_ms.get("torch"),
+    )
+
+
+def run_flax_paths(
+    names: tuple[str, ...] = FLAX_CONFIGS,
+    paths: tuple[str, ...] = PATHS,
+    repeats: int = 7,
+    torch: bool = True,
+    report: Callable[[FlaxPathResult], None] | None = None,
+) -> list[FlaxPathResult]:
+    """Times every config of ``names`` through every path of ``paths``."""
+    results = []
+    for name in names:
+        for path in paths:
+            result = run_flax_path(name, path, repeats=repeats, torch=torch)
+            results.append(result)
+            if report is not None:
+                report(result)
+    return results
+
+
+def format_row(result: FlaxPathResult) -> str:
+    """One line of the table :func:`header` heads."""
+    torch = "-" if result.torch_ms is None else f"{result.torch_ms:8.2f} {result.vs_torch:5.2f}x"
+    return (
+        f"{result.config:>3} {result.path:<11} {result.num_leaves:>6} "
+        f"{result.ours_ms:8.2f} {result.optax_ms:8.2f} {result.speedup:6.2f}x "
+        f"{result.bound_ms:8.2f} {result.ours_compile_s:7.1f} {result.optax_compile_s:7.1f} "
+        f"{torch}"
+    )
+
+
+def header() -> str:
+    """The column names of :func:`format_row`."""
+    return (
+        "cfg path        leaves  ours ms optax ms speedup  bound ms ours cs optax cs "
+        "torch ms ours/torch"
+    )
