@@ -32,6 +32,7 @@ import numpy as np
 from scirs2_optim_jax.validation import (
     check_in_range,
     check_non_negative,
+    check_one_of,
     check_positive,
     check_whole_number,
 )
@@ -51,7 +52,11 @@ __all__ = [
     "warmup_constant_schedule",
     "warmup_cosine",
     "warmup_cosine_decay_schedule",
+    "warmup_stable_decay",
 ]
+
+WSD_DECAYS: tuple[str, ...] = ("linear", "cosine", "1-sqrt")
+"""The decay shapes of :func:`warmup_stable_decay`."""
 
 Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
 
@@ -814,5 +819,89 @@ def warmup_cosine(
         left = jnp.clip((total - s) / decay_len, 0, 1)
         fall = low + (base - low) * jnp.sin(jnp.pi / 2 * left) ** 2
         return jnp.where(s < warmup, rise, jnp.where(s >= total, low, fall))
+
+    return schedule
+
+
+def warmup_stable_decay(
+    peak_value: jax.typing.ArrayLike,
+    warmup_steps: int,
+    decay_steps: int,
+    total_steps: int,
+    end_value: jax.typing.ArrayLike = 0.0,
+    decay: str = "linear",
+) -> Schedule:
+    """Warmup-stable-decay (WSD): linear warmup, a long flat stage, a short final decay.
+
+    With ``W = warmup_steps``, ``D = decay_steps``, ``T = total_steps`` and the decay's
+    start ``S = T - D``, the value at step ``t`` is
+
+    - ``peak_value * t / W`` for ``t < W`` (0 at step 0);
+    - ``peak_value`` for ``W <= t < S``;
+    - ``end_value + (peak_value - end_value) * f((t - S) / D)`` for ``S <= t < T``, with
+      ``f(p) = 1 - p`` (``decay="linear"``), ``(1 + cos(pi * p)) / 2`` (``"cosine"``) or
+      ``1 - sqrt(p)`` (``"1-sqrt"``);
+    - ``end_value`` for ``t >= T``.
+
+    The flat stage does not depend on the run's length, so a run can be extended (or
+    checkpoints branched into decays) without redoing it; only the last ``D`` steps need
+    to know where the run ends. ``W = 0`` starts at the peak; ``D = 0`` drops to
+    ``end_value`` at ``T``. Negative steps count as step 0. optax has no WSD schedule.
+
+    Args:
+        peak_value: value of the flat stage; a finite number.
+        warmup_steps: length of the warmup; an integer >= 0.
+        decay_steps: length of the final decay; an integer >= 0.
+        total_steps: step at which ``end_value`` is reached; an integer > 0, at least
+            ``warmup_steps + decay_steps``.
+        end_value: value at ``total_steps`` and after; a finite number.
+        decay: shape of the decay: ``"linear"``, ``"cosine"`` or ``"1-sqrt"``.
+
+    Returns:
+        A function mapping the step count to the value, as float32.
+
+    Raises:
+        ValueError: if an argument is out of range, e.g. ``warmup_stable_decay:
+            warmup_steps + decay_steps must be <= total_steps (= 100), got 20 + 90 = 110``.
+
+    Example:
+        >>> schedule = warmup_stable_decay(1.0, warmup_steps=10, decay_steps=20, total_steps=100)
+        >>> [round(float(schedule(t)), 4) for t in (0, 5, 10, 50, 80, 90, 100, 200)]
+        [0.0, 0.5, 1.0, 1.0, 1.0, 0.5, 0.0, 0.0]
+
+    Reference: Hu et al., "MiniCPM: Unveiling the Potential of Small Language Models with
+    Scalable Training Strategies", 2024; Hägele et al., "Scaling Laws and Compute-Optimal
+    Training Beyond Fixed Training Durations", 2024 (the ``1-sqrt`` decay).
+    """
+    fn = "warmup_stable_decay"
+    _check_finite(fn, "peak_value", peak_value)
+    warmup = check_whole_number(fn, "warmup_steps", warmup_steps, positive=False)
+    decay_len = check_whole_number(fn, "decay_steps", decay_steps, positive=False)
+    total = check_whole_number(fn, "total_steps", total_steps, positive=True)
+    if warmup + decay_len > total:
+        raise ValueError(
+            f"{fn}: warmup_steps + decay_steps must be <= total_steps (= {total}), "
+            f"got {warmup} + {decay_len} = {warmup + decay_len}"
+        )
+    _check_finite(fn, "end_value", end_value)
+    check_one_of(fn, "decay", decay, WSD_DECAYS)
+    peak, end = _scalar(peak_value), _scalar(end_value)
+    start = total - decay_len
+
+    def schedule(count: jax.typing.ArrayLike) -> jax.Array:
+        t = jnp.maximum(_steps(count), 0)
+        rise = peak * (t / max(warmup, 1))
+        # Written with the remaining fraction r = 1 - p = (T - t) / D, so that the value
+        # has no cancellation near the end, where it is small.
+        remaining = jnp.clip((total - t) / max(decay_len, 1), 0, 1)
+        if decay == "linear":
+            shape = remaining
+        elif decay == "cosine":
+            shape = jnp.sin(jnp.pi / 2 * remaining) ** 2  # = (1 + cos(pi * p)) / 2
+        else:
+            shape = remaining / (1 + jnp.sqrt(1 - remaining))  # = 1 - sqrt(p)
+        fall = end + (peak - end) * shape
+        value = jnp.where(t < start, peak, jnp.where(t < total, fall, end))
+        return jnp.where(t < warmup, rise, value).astype(jnp.float32)
 
     return schedule

@@ -179,23 +179,30 @@ def check_tree_matches(
         return
     paths = [jax.tree_util.keystr(p) for p, _ in leaves]
     ref_paths = [jax.tree_util.keystr(p) for p, _ in ref_leaves]
-    for got, want in zip(paths, ref_paths, strict=False):
-        if got != want:
-            raise ValueError(
-                f"{fn}: {tree_name} do not match the {ref_name}: first difference at "
-                f"{got or '<root>'} (the {ref_name} has {want or '<root>'} there)"
-            )
-    if len(paths) != len(ref_paths):
-        longer, name = (paths, tree_name) if len(paths) > len(ref_paths) else (ref_paths, ref_name)
-        extra = longer[min(len(paths), len(ref_paths))]
+    # Name what is missing or extra by path, not by position: a missing key shifts every
+    # later leaf, so the first positional difference is usually a leaf that is fine.
+    missing = [path for path in ref_paths if path not in set(paths)]
+    extra = [path for path in paths if path not in set(ref_paths)]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{_listed(missing)} missing (the {ref_name} has it)")
+        if extra:
+            parts.append(f"{_listed(extra)} not in the {ref_name}")
         raise ValueError(
-            f"{fn}: {tree_name} do not match the {ref_name}: {extra or '<root>'} is only in "
-            f"the {name} ({len(paths)} leaves vs {len(ref_paths)})"
+            f"{fn}: {tree_name} do not match the {ref_name}: {'; '.join(parts)} "
+            f"({len(paths)} leaves vs {len(ref_paths)})"
         )
     raise ValueError(
         f"{fn}: {tree_name} do not match the {ref_name}: same leaf paths but different "
         f"container types ({treedef} vs {ref_treedef})"
     )
+
+
+def _listed(paths: list[str], limit: int = 3) -> str:
+    shown = ", ".join(path or "<root>" for path in paths[:limit])
+    more = len(paths) - limit
+    return shown + (f" and {more} more" if more > 0 else "")
 
 
 @contextlib.contextmanager

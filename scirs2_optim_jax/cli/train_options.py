@@ -12,7 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 from scirs2_optim_jax.cli.arguments import int_in_range, positive_float
-from scirs2_optim_jax.config.registry import COMMAND_LINE_SCHEDULES, OPTIMIZERS
+from scirs2_optim_jax.config.registry import (
+    COMMAND_LINE_SCHEDULES,
+    OPTIMIZERS,
+    SCHEDULES,
+    normalize_schedule,
+)
 
 __all__ = [
     "COORDINATOR_VAR",
@@ -109,6 +114,13 @@ def add_parser(
     return parser
 
 
+def _schedule_spelling(text: str) -> str:
+    """A schedule name in either spelling (``warmup_cosine``, ``Warmup-Cosine``) as the
+    hyphenated choice; anything else unchanged, for argparse to refuse with the choices."""
+    key = normalize_schedule(text)
+    return key.replace("_", "-") if key in SCHEDULES else text
+
+
 def _add_optimizer_options(group: argparse._ArgumentGroup) -> None:
     """--optimizer, --learning-rate, --schedule."""
     d = TRAIN_DEFAULTS
@@ -127,9 +139,11 @@ def _add_optimizer_options(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--schedule",
+        type=_schedule_spelling,
         choices=TRAIN_SCHEDULES,
         default=None,
-        help=f"learning-rate schedule (default: {d['schedule']}, 6%% warmup)",
+        help=f"learning-rate schedule, underscores accepted too (default: {d['schedule']}, "
+        "6%% warmup)",
     )
 
 

@@ -39,14 +39,33 @@ __all__ = [
 ]
 
 OptimizerName = Literal[
-    "adamw", "adam", "lamb", "lars", "sgd", "lion", "rmsprop", "radam", "adagrad"
+    "adamw",
+    "adam",
+    "lamb",
+    "lars",
+    "sgd",
+    "lion",
+    "rmsprop",
+    "radam",
+    "adagrad",
+    "adopt",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
+    "muon",
+    "adafactor",
 ]
 """An optimizer alias of :mod:`scirs2_optim_jax.optimizers` that a run can name."""
 
 OPTIMIZERS: tuple[str, ...] = typing.get_args(OptimizerName)
 
 ScheduleName = Literal[
-    "warmup_cosine", "warmup_constant", "constant", "cosine", "linear", "one_cycle"
+    "warmup_cosine",
+    "warmup_constant",
+    "constant",
+    "cosine",
+    "linear",
+    "one_cycle",
+    "warmup_stable_decay",
 ]
 """A learning-rate schedule a run can name (canonical spelling); see
 :func:`~scirs2_optim_jax.config.make_schedule` for their shapes."""
@@ -117,6 +136,43 @@ OPTIMIZER_FIELDS: dict[str, dict[str, str]] = {
         "nu_dtype": "nu_dtype",
     },
     "adagrad": {"eps": "eps", "nu_dtype": "accumulator_dtype"},
+    "adopt": {
+        "b1": "b1",
+        "b2": "b2",
+        "eps": "eps",
+        "nesterov": "nesterov",
+        "mu_dtype": "mu_dtype",
+        "nu_dtype": "nu_dtype",
+    },
+    # b1 is the schedule-free interpolation; mu_dtype stores the iterates z, the state that
+    # takes the place of the momentum.
+    "schedule_free_adamw": {
+        "b1": "b1",
+        "b2": "b2",
+        "eps": "eps",
+        "weight_decay": "weight_decay",
+        "mu_dtype": "state_dtype",
+        "nu_dtype": "nu_dtype",
+    },
+    "schedule_free_sgd": {"b1": "b1", "weight_decay": "weight_decay", "mu_dtype": "state_dtype"},
+    # momentum is Muon's own decay (beta); b1, b2 are those of the AdamW for non-matrices.
+    "muon": {
+        "momentum": "beta",
+        "b1": "adam_b1",
+        "b2": "adam_b2",
+        "eps": "eps",
+        "weight_decay": "weight_decay",
+        "nesterov": "nesterov",
+        "mu_dtype": "mu_dtype",
+    },
+    # momentum (None: none) is an average of the updates stored in mu_dtype; weight decay
+    # is Adafactor's weight_decay_rate.
+    "adafactor": {
+        "momentum": "momentum",
+        "eps": "eps",
+        "weight_decay": "weight_decay_rate",
+        "mu_dtype": "dtype_momentum",
+    },
 }
 
 # Optimizers whose trust ratios reduce over whole leaves: under ZeRO they take the mesh axis.
@@ -127,11 +183,11 @@ def canonical_optimizer(fn: str, name: Any, *, argument: str = "optimizer") -> s
     """Returns ``name`` when it is one of :data:`OPTIMIZERS`; raises naming ``fn`` otherwise.
 
     Example:
-        >>> canonical_optimizer("f", "adamx")
+        >>> canonical_optimizer("f", "adamx")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: f: optimizer must be one of adamw, adam, lamb, lars, sgd, lion, rmsprop, radam, adagrad, got 'adamx'
-    """  # noqa: E501
+        ValueError: f: optimizer must be one of adamw, adam, lamb, lars, sgd, ..., got 'adamx'
+    """
     if isinstance(name, str) and name in OPTIMIZERS:
         return name
     raise ValueError(f"{fn}: {argument} must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
@@ -169,7 +225,7 @@ def canonical_schedule(
         >>> canonical_schedule("f", "step", hyphens=True)
         Traceback (most recent call last):
         ...
-        ValueError: f: schedule must be one of warmup-cosine, warmup-constant, constant, cosine, linear, one-cycle, got 'step'
+        ValueError: f: schedule must be one of warmup-cosine, warmup-constant, constant, cosine, linear, one-cycle, warmup-stable-decay, got 'step'
     """  # noqa: E501
     key = normalize_schedule(name)
     if isinstance(key, str) and key in SCHEDULES:

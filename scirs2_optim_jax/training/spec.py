@@ -56,6 +56,9 @@ _DEFAULT_LEARNING_RATES: dict[str, float] = {
     "lars": 1.0,
     "rmsprop": 1e-3,
     "adagrad": 0.1,
+    "adopt": 1e-3,
+    "schedule_free_adamw": 1e-2,
+    "schedule_free_sgd": 0.3,
 }
 # The registry's names; the job spells schedules with hyphens, as the command line does.
 OPTIMIZERS: tuple[str, ...] = registry.OPTIMIZERS

@@ -15,6 +15,11 @@ from scirs2_optim_jax.transforms.adaptive import (
     scale_by_rss,
     scale_by_stddev,
 )
+from scirs2_optim_jax.transforms.adopt import (
+    ScaleByAdoptState,
+    default_adopt_clip,
+    scale_by_adopt,
+)
 from scirs2_optim_jax.transforms.clipping import (
     adaptive_grad_clip,
     clip,
@@ -25,6 +30,13 @@ from scirs2_optim_jax.transforms.clipping import (
     unitwise_norm,
 )
 from scirs2_optim_jax.transforms.combine import chain
+from scirs2_optim_jax.transforms.factored import (
+    FactoredMoments,
+    FactoredState,
+    factored_dims,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+)
 from scirs2_optim_jax.transforms.grouped import GroupedAdamState
 from scirs2_optim_jax.transforms.learning_rate import (
     ScaleByScheduleState,
@@ -38,11 +50,23 @@ from scirs2_optim_jax.transforms.momentum import (
     scale_by_lion,
     trace,
 )
+from scirs2_optim_jax.transforms.muon import (
+    MuonDimensionNumbers,
+    MuonState,
+    orthogonalize_via_newton_schulz,
+    scale_by_muon,
+    scale_by_shape,
+)
 from scirs2_optim_jax.transforms.norms import (
     global_norm,
     leaf_norm,
     leaf_sum_of_squares,
     tree_sum_of_squares,
+)
+from scirs2_optim_jax.transforms.schedule_free import (
+    ScheduleFreeState,
+    schedule_free,
+    schedule_free_eval_params,
 )
 from scirs2_optim_jax.transforms.trust_ratio import (
     scale_by_lars_trust_ratio,
@@ -55,8 +79,13 @@ from scirs2_optim_jax.transforms.weight_decay import (
 
 __all__ = [
     "AddDecayedWeightsState",
+    "FactoredMoments",
+    "FactoredState",
     "GroupedAdamState",
+    "MuonDimensionNumbers",
+    "MuonState",
     "ScaleByAdamState",
+    "ScaleByAdoptState",
     "ScaleByLionState",
     "ScaleByRmsState",
     "ScaleByRmsWithCountState",
@@ -64,6 +93,7 @@ __all__ = [
     "ScaleByScheduleState",
     "ScaleByStddevState",
     "ScaleByStddevWithCountState",
+    "ScheduleFreeState",
     "TraceState",
     "adaptive_grad_clip",
     "add_decayed_weights",
@@ -73,20 +103,30 @@ __all__ = [
     "clip_by_global_norm",
     "clip_by_leaf_norm",
     "clip_factor",
+    "default_adopt_clip",
+    "factored_dims",
     "global_norm",
     "leaf_norm",
     "leaf_sum_of_squares",
+    "orthogonalize_via_newton_schulz",
     "scale",
     "scale_by_adam",
+    "scale_by_adopt",
+    "scale_by_factored_rms",
     "scale_by_lars_trust_ratio",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_muon",
+    "scale_by_param_block_rms",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_rss",
     "scale_by_schedule",
+    "scale_by_shape",
     "scale_by_stddev",
     "scale_by_trust_ratio",
+    "schedule_free",
+    "schedule_free_eval_params",
     "trace",
     "tree_sum_of_squares",
     "unitwise_norm",

@@ -109,6 +109,19 @@ def test_missing_leaf_is_named() -> None:
         tx.update(grads, tx.init(params), params)
 
 
+def test_a_missing_key_is_named_not_the_leaf_after_it() -> None:
+    """A gradient tree without 'b' names 'b' as missing, not the next leaf ('w')."""
+    tx = so.adamw(1e-3)
+    params = {"a": jnp.ones(2), "b": jnp.ones(3), "w": jnp.ones(4)}
+    grads = {"a": jnp.ones(2), "w": jnp.ones(4)}
+    with pytest.raises(ValueError, match=re.escape("['b'] missing (the state has it)")) as err:
+        tx.update(grads, tx.init(params), params)
+    assert "['w']" not in str(err.value)
+    extra = {**params, "z": jnp.ones(1)}
+    with pytest.raises(ValueError, match=re.escape("['z'] not in the state")):
+        tx.update(extra, tx.init(params), params)
+
+
 def test_transforms_needing_params_say_so() -> None:
     tx = so.lamb(1e-3)
     params = _params()
