@@ -17,6 +17,7 @@ import contextlib
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -156,6 +157,7 @@ def _train_and_report(
                 stack.enter_context(guard)
             if primary:
                 stack.enter_context(reporter)
+            startup_seconds = _seconds_since_process_start()
             result = training.train_digits(
                 **train_args,
                 log_every=reporter.refresh_every,
@@ -173,11 +175,26 @@ def _train_and_report(
     finally:
         if monitor is not None:
             monitor.close()
-    return _report(result, settings["checkpoint_dir"], guard, console, primary)
+    return _report(result, settings["checkpoint_dir"], guard, console, primary, startup_seconds)
+
+
+def _seconds_since_process_start() -> float | None:
+    """Wall time since this process started (Python, imports, argument handling)."""
+    try:
+        import psutil
+
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except (ImportError, OSError):
+        return None
 
 
 def _report(
-    result: Any, checkpoint_dir: str | None, guard: Any, console: Any, primary: bool
+    result: Any,
+    checkpoint_dir: str | None,
+    guard: Any,
+    console: Any,
+    primary: bool,
+    startup_seconds: float | None = None,
 ) -> int:
     """Prints how the run ended, the summary (process 0) and the parameters' hash."""
     from scirs2_optim_jax.training.report import summary_table
@@ -193,7 +210,7 @@ def _report(
                 f"preempted ({cause}) after step {result.step}; saved checkpoint step "
                 f"{result.checkpoint_step}; rerun with --resume to continue"
             )
-        console.print(summary_table(result))
+        console.print(summary_table(result, startup_seconds))
     print(f"params_sha256: {result.params_sha256}", flush=True)
     if not math.isfinite(result.final_loss):
         return _fail(

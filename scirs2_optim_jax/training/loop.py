@@ -394,6 +394,7 @@ def _result(
     """Scores the final parameters and gathers the run's figures."""
     host_params = jax.tree.map(parallel.to_host, run.params)
     final_loss, accuracy = run_result.evaluate(setup.graphdef, host_params, setup.data)
+    end_time = time.perf_counter()
     rate = run_result.steps_per_second(
         run.step - start.step, run.train_start, run.first_done, run.train_end
     )
@@ -411,13 +412,19 @@ def _result(
         stop_reason=run.stop_reason,
         final_loss=final_loss,
         test_accuracy=accuracy,
-        seconds=time.perf_counter() - start_time,
+        seconds=end_time - start_time,
         compile_seconds=run.compile_seconds,
         steps_per_second=rate,
         samples_per_second=rate * spec.batch_size,
         checkpoint_step=checkpoint_step,
         params=host_params,
         params_sha256=run_result.params_sha256(host_params),
+        phase_seconds={
+            "setup": run.train_start - start_time,
+            "compile": run.compile_seconds,
+            "steps": run.train_end - run.first_done,
+            "evaluation": end_time - run.train_end,
+        },
     )
 
 

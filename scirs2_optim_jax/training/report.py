@@ -110,7 +110,16 @@ class ProgressReporter:
             self._progress.stop()
 
 
-def summary_table(result: TrainResult) -> Table:
+def _seconds(result: TrainResult) -> str:
+    """``seconds`` and where they went, e.g. ``5.0 = setup 0.9 + compile 1.4 + ...``."""
+    phases = result.phase_seconds
+    if not phases:
+        return f"{result.seconds:.1f} (first step {result.compile_seconds:.1f})"
+    parts = " + ".join(f"{name} {value:.1f}" for name, value in phases.items())
+    return f"{result.seconds:.1f} = {parts}"
+
+
+def summary_table(result: TrainResult, startup_seconds: float | None = None) -> Table:
     """The closing summary of a run as a two-column ``rich`` table.
 
     Example:
@@ -135,13 +144,16 @@ def summary_table(result: TrainResult) -> Table:
         ("final loss", f"{result.final_loss:.4f}"),
         ("test accuracy", f"{result.test_accuracy:.2%}"),
         ("steps", steps),
-        ("seconds", f"{result.seconds:.1f} (first step {result.compile_seconds:.1f})"),
+        ("seconds", _seconds(result)),
         ("steps/s", f"{result.steps_per_second:.0f}"),
         ("samples/s", f"{result.samples_per_second:,.0f}"),
         ("devices", str(result.devices)),
         ("zero stage", str(result.zero_stage)),
         ("optimizer", f"{result.optimizer}, peak lr {result.learning_rate:.1e}, {result.schedule}"),
     ]
+    if startup_seconds is not None:
+        # Before train_digits: Python, the imports (JAX, Flax, ...) and argument handling.
+        rows.insert(3, ("startup", f"{startup_seconds:.1f} s before training (imports)"))
     if result.stop_reason != "completed":
         rows.append(("stopped", f"{result.stop_reason} at step {result.step}"))
     if result.checkpoint_step is not None:

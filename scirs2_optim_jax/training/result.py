@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import jax
@@ -76,6 +76,10 @@ class TrainResult:
         checkpoint_step: the newest step saved by this call, or None.
         params: the final parameters on the host, an ``nnx.State`` of ``nnx.Param``.
         params_sha256: :func:`params_sha256` of ``params``.
+        phase_seconds: where ``seconds`` went: ``setup`` (data, model, optimizer state,
+            restore), ``compile`` (the first step), ``steps`` (the others, with logging,
+            metrics and checkpoints) and ``evaluation`` (scoring the final model); they add
+            up to ``seconds``.
     """
 
     optimizer: str
@@ -98,6 +102,7 @@ class TrainResult:
     checkpoint_step: int | None
     params: nnx.State
     params_sha256: str
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def params_sha256(params: Any) -> str:
