@@ -40,6 +40,21 @@ def _spec_differences(saved: Any, current: dict[str, Any]) -> list[str]:
     ]
 
 
+def _how_to_resume(saved: Any, current: dict[str, Any]) -> str:
+    """What to do instead, when only the run's length differs."""
+    if not isinstance(saved, dict):
+        return ""
+    changed = {name for name in set(saved) | set(current) if saved.get(name) != current.get(name)}
+    if changed != {"steps"}:
+        return ". Resume with the options the checkpoint records, or use another directory"
+    return (
+        f". --steps is part of the run: it sets the length of the learning-rate schedule, "
+        f"so the run in this directory is a {saved['steps']}-step run. To finish it, resume "
+        f"with --steps {saved['steps']}; to train for {current['steps']} steps, start a new "
+        "run in another --checkpoint-dir"
+    )
+
+
 class RunCheckpoints:
     """Saves and restores one training run's state in a checkpoint directory.
 
@@ -147,6 +162,7 @@ class RunCheckpoints:
                 f"train_digits: checkpoint step {restored.step} in {self.directory} was "
                 f"written by another run; resuming it would train a different model: "
                 + "; ".join(differences)
+                + _how_to_resume(config.get("spec"), self._spec)
             )
         state = restored.state
         if not isinstance(state, CheckpointState):

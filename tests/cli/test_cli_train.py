@@ -333,6 +333,12 @@ def test_resume_checks_the_run_and_the_directory(
     assert_usage_error(code, err, "already holds checkpoints", "step 10", "--resume")
     code, _, err = run_cli([*base, "--resume", "--learning-rate", "0.01"], capsys)
     assert_usage_error(code, err, "another run", "learning_rate: 0.003 in the checkpoint, 0.01")
+    # A longer --steps: say that the length is part of the run, and how to finish or extend.
+    longer = ["train", "--steps", "20", *SMALL, "--checkpoint-dir", directory, "--resume"]
+    code, _, err = run_cli(longer, capsys)
+    assert_usage_error(
+        code, err, "steps: 10 in the checkpoint, 20 now", "resume with --steps 10", "another"
+    )
     code, _, err = run_cli(["train", "--steps", "10", "--resume"], capsys)
     assert_usage_error(code, err, "--resume needs --checkpoint-dir")
     code, _, err = run_cli([*base, "--resume", "--stop-at", "5"], capsys)
