@@ -42,8 +42,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Predict the per-device bytes of params, grads, optimizer state and master "
             "weights for a config and a model (a named demo model or a parameter count), "
-            "compare them with the compiled step's memory analysis, and recommend a "
-            "micro-batch size and gradient-accumulation steps. Nothing is allocated."
+            "and recommend a micro-batch size and gradient-accumulation steps from the "
+            "compiled forward + backward pass (two compilations; the persistent compilation "
+            "cache makes later runs fast). --check-compiled also compiles the whole step to "
+            "compare the plan with it. Nothing is allocated on the device."
         ),
     )
     parser.add_argument(
@@ -71,6 +73,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--remat",
         choices=_REMAT,
         help="gradient checkpointing of the transformer's layers (default: from config)",
+    )
+    parser.add_argument(
+        "--check-compiled",
+        action="store_true",
+        help="also compile the whole training step and compare the plan with XLA's memory "
+        "analysis of it (slow for large models: a full compilation)",
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(handler=run_plan)
@@ -124,6 +132,7 @@ def _settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         "batch_size": args.batch_size or config.batch_size,
         "available": available,
         "remat": remat,
+        "check_compiled": args.check_compiled,
     }
     if options["model"] is None and options["num_params"] is None:
         options["model"] = "digits_mlp"
@@ -151,6 +160,9 @@ def run_plan(args: argparse.Namespace) -> int:
         build_optimizer(config)  # hyperparameters that do not apply fail here, as usage
     except (ValueError, TypeError, OSError) as err:
         return _fail(str(err), 2)
+    from scirs2_optim_jax.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     try:
         report = _plan(config, options)
     except Exception as err:
@@ -197,7 +209,8 @@ def _plan(config: Any, options: dict[str, Any]) -> dict[str, Any]:
     lines.append(f"available per device: {format_bytes(available)} ({source})")
 
     if model is not None:
-        _compiled_step(config, model, params, options, report, lines)
+        if options["check_compiled"]:
+            _compiled_step(config, model, params, options, report, lines)
         _activations(config, model, params, plan, available, options, report, lines)
     else:
         fits = plan.total_bytes <= available * budget_fraction

@@ -32,7 +32,8 @@ def test_plan_demo_model_prints_plan_compiled_check_and_batch(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("SCIRS2_OPTIM_CONFIG", raising=False)
-    code = _main(["plan", "--json", "--available-memory", "600KiB", "--batch-size", "1024"])
+    argv = ["plan", "--json", "--available-memory", "600KiB", "--batch-size", "1024"]
+    code = _main([*argv, "--check-compiled"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)
@@ -48,6 +49,15 @@ def test_plan_demo_model_prints_plan_compiled_check_and_batch(
     assert batch["fits"] and batch["accumulation_steps"] > 1
     assert batch["micro_batch_size"] * batch["accumulation_steps"] == 1024
     assert report["memory_settings"]["backend_initialized"] is True
+
+
+def test_plan_compiles_the_whole_step_only_when_asked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SCIRS2_OPTIM_CONFIG", raising=False)
+    assert _main(["plan", "--json", "--available-memory", "600KiB"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "compiled_step" not in report and "batch" in report
 
 
 def test_plan_text_for_a_parameter_count_with_zero(
