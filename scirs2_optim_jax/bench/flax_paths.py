@@ -9,7 +9,10 @@ For configs b-e of the benchmark, one process times, in turn:
 - ``train_state``: a jitted, donated ``state.apply_gradients(grads=grads)``, ours with
   :class:`scirs2_optim_jax.flax.TrainState`, optax's with Flax's ``TrainState``;
 - PyTorch's fused AdamW on the same shapes (b and c, when torch is installed);
-- the streaming kernel that gives the bandwidth bound, as in the main harness.
+- the streaming kernel that gives the bandwidth bound, as in the main harness;
+- ``dispatch``: a jitted, donated identity over our carried state (the NNX state or the
+  ``TrainState``): what calling a step with that many arrays costs before any arithmetic
+  (pytree flattening, argument handling), which both sides pay.
 
 Each entry runs twice per round and the second run is timed, and the order rotates every
 round, so load drift hits all alike. Compile times are measured separately (lower +
@@ -55,6 +58,7 @@ class FlaxPathResult:
     ours_compile_s: float
     optax_compile_s: float
     torch_ms: float | None = None
+    dispatch_ms: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -86,6 +90,17 @@ def _compiled(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     return compiled, time.perf_counter() - start
 
 
+def _identity(carry: list[Any], grads: Any) -> Callable[[], None]:
+    """A donated identity over the carried state: the cost of the call itself."""
+    fn = jax.jit(lambda state, grads: state, donate_argnums=(0,))
+    carry[0] = jax.block_until_ready(fn(carry[0], grads))
+
+    def run() -> None:
+        carry[0] = jax.block_until_ready(fn(carry[0], grads))
+
+    return run
+
+
 def _nnx_entry(
     optimizer_cls: type, tx: optax.GradientTransformation, params: Any, grads: Any
 ) -> tuple[Callable[[], None], float]:
@@ -105,6 +120,7 @@ def _nnx_entry(
     def run() -> None:
         carry[0] = jax.block_until_ready(fn(carry[0], grad_state))
 
+    run.dispatch = _identity(carry, grad_state)  # type: ignore[attr-defined]
     return run, compile_s
 
 
@@ -122,6 +138,7 @@ def _train_state_entry(
     def run() -> None:
         carry[0] = jax.block_until_ready(fn(carry[0], grads))
 
+    run.dispatch = _identity(carry, grads)  # type: ignore[attr-defined]
     return run, compile_s
 
 
@@ -152,12 +169,16 @@ def _entries(
         with jax.numpy_dtype_promotion("standard"):
             theirs()
 
-    return {"ours": ours, "optax": optax_run}, ours_c, theirs_c
+    return {"ours": ours, "optax": optax_run, "dispatch": ours.dispatch}, ours_c, theirs_c
 
 
-def run_flax_path(name: str, path: str, repeats: int = 7, torch: bool = True) -> FlaxPathResult:
-    """Times config ``name`` through ``path`` (``"nnx"`` or ``"train_state"``)."""
-    config = CONFIGS[name]
+def run_flax_path(
+    name: str | BenchConfig, path: str, repeats: int = 7, torch: bool = True
+) -> FlaxPathResult:
+    """Times config ``name`` (a name of :data:`FLAX_CONFIGS`, or a config) through ``path``
+    (``"nnx"`` or ``"train_state"``)."""
+    config = CONFIGS[name] if isinstance(name, str) else name
+    name = config.name
     params = config.make_params(config.param_dtype, 0)
     grads = config.make_params(config.param_dtype, 1)
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
@@ -194,6 +215,7 @@ def run_flax_path(name: str, path: str, repeats: int = 7, torch: bool = True) ->
         ours_compile_s=ours_compile,
         optax_compile_s=optax_compile,
         torch_ms=median_ms.get("torch"),
+        dispatch_ms=median_ms["dispatch"],
     )
 
 
@@ -221,14 +243,14 @@ def format_row(result: FlaxPathResult) -> str:
     return (
         f"{result.config:>3} {result.path:<11} {result.num_leaves:>6} "
         f"{result.ours_ms:8.2f} {result.optax_ms:8.2f} {result.speedup:6.2f}x "
-        f"{result.bound_ms:8.2f} {result.ours_compile_s:7.1f} {result.optax_compile_s:7.1f} "
-        f"{torch}"
+        f"{result.bound_ms:8.2f} {result.dispatch_ms or 0.0:8.2f} "
+        f"{result.ours_compile_s:7.1f} {result.optax_compile_s:7.1f} {torch}"
     )
 
 
 def header() -> str:
     """The column names of :func:`format_row`."""
     return (
-        "cfg path        leaves  ours ms optax ms speedup  bound ms ours cs optax cs "
+        "cfg path        leaves  ours ms optax ms speedup  bound ms call ms ours cs optax cs "
         "torch ms ours/torch"
     )
