@@ -10,8 +10,6 @@ with their transforms (:mod:`~scirs2_optim_jax.transforms.muon`,
 :mod:`~scirs2_optim_jax.transforms.factored`) and re-exported here.
 """
 
-from __future__ import annotations
-
 import warnings
 from typing import Any
 
@@ -58,7 +56,9 @@ __all__ = [
     "sgd",
 ]
 
-Schedule = Any  # float, jax scalar, or callable count -> value
+# float, jax scalar, or callable count -> value. optax's own type, as an object rather than a
+# string, so that tools reading the aliases' annotations (inspect.signature) see it.
+Schedule = optax.ScalarOrSchedule
 
 
 def _adam_family(
@@ -91,7 +91,24 @@ def _adam_family(
     if fused and no_one_pass:
         raise ValueError(f"{name}: fused=True does not support {no_one_pass}; pass fused=None")
     fused = False if no_one_pass else fused
-    return describe(optax.chain(*parts), Chain(parts, name=name, fused=fused))
+    return describe(_named(name, optax.chain(*parts)), Chain(parts, name=name, fused=fused))
+
+
+def _named(name: str, tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``tx`` whose argument errors at ``update`` name the alias too (``adamw: scale_by_adam:
+    updates do not match the state: ...``), not only the transform inside it."""
+    tx = optax.with_extra_args_support(tx)
+
+    def update(updates: Any, state: Any, params: Any = None, **extra: Any) -> Any:
+        try:
+            return tx.update(updates, state, params, **extra)
+        except (ValueError, TypeError) as err:
+            # Only our own plain argument errors: JAX's subclasses carry more than a message.
+            if type(err) not in (ValueError, TypeError) or str(err).startswith(f"{name}:"):
+                raise
+            raise type(err)(f"{name}: {err}") from None
+
+    return optax.GradientTransformationExtraArgs(tx.init, update)
 
 
 def adam(
@@ -192,6 +209,9 @@ def adamw(
 
     Reference: Loshchilov and Hutter, "Decoupled Weight Decay Regularization", 2019.
     """
+    # A negative weight decay grows the weights; optax's add_decayed_weights takes one
+    # (fromage uses it), an alias does not.
+    v.check_schedule_or_non_negative("adamw", "weight_decay", weight_decay)
     with v.reraise_with_context("adamw"):
         return _adam_family(
             "adamw",
@@ -249,6 +269,7 @@ def lamb(
     Reference: You et al., "Large Batch Optimization for Deep Learning: Training BERT in
     76 minutes", 2020.
     """
+    v.check_schedule_or_non_negative("lamb", "weight_decay", weight_decay)
     with v.reraise_with_context("lamb"):
         return _adam_family(
             "lamb",
@@ -304,6 +325,7 @@ def lars(
     Reference: You et al., "Large Batch Training of Convolutional Networks", 2017.
     """
     v.check_in_range("lars", "momentum", momentum, 0.0, 1.0, include_high=True)
+    v.check_schedule_or_non_negative("lars", "weight_decay", weight_decay)
     with v.reraise_with_context("lars"):
         return optax.chain(
             add_decayed_weights(weight_decay, mask=weight_decay_mask),
@@ -382,6 +404,7 @@ def lion(
 
     Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023.
     """
+    v.check_schedule_or_non_negative("lion", "weight_decay", weight_decay)
     with v.reraise_with_context("lion"):
         return optax.chain(
             scale_by_lion(b1, b2, mu_dtype),
@@ -725,6 +748,8 @@ def schedule_free_sgd(
     """
     fn = "schedule_free_sgd"
     rate = _schedule_free_rate(fn, learning_rate, warmup_steps)
+    if weight_decay is not None:
+        v.check_schedule_or_non_negative(fn, "weight_decay", weight_decay)
     with v.reraise_with_context(fn):
         base = sgd(rate)
         if weight_decay is not None:

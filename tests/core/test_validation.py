@@ -47,7 +47,13 @@ BAD_ARGUMENTS = [
     ("trace", {"decay": 1.1}, "decay", "1.1"),
     ("scale_by_adam", {"b1": -0.1}, "b1", "-0.1"),
     ("scale_by_rss", {"eps": -1e-7}, "eps", "-1e-07"),
-    ("add_decayed_weights", {"weight_decay": -0.1}, "weight_decay", "-0.1"),
+    # A negative weight decay is fine for add_decayed_weights (as in optax), not for aliases.
+    ("add_decayed_weights", {"weight_decay": math.inf}, "weight_decay", "inf"),
+    ("lion", {"learning_rate": 1e-3, "weight_decay": -0.1}, "weight_decay", "-0.1"),
+    ("lamb", {"learning_rate": 1e-3, "weight_decay": -0.1}, "weight_decay", "-0.1"),
+    ("scale_by_lion", {"mode": "soft"}, "mode", "soft"),
+    ("scale_by_lion", {"mode": "smooth", "smooth_beta": 0.0}, "smooth_beta", "0.0"),
+    ("scale_by_adam", {"mu_dtype": "int32"}, "mu_dtype", "int32"),
     ("scale_by_learning_rate", {"learning_rate": -1.0}, "learning_rate", "-1.0"),
     ("scale_by_trust_ratio", {"min_norm": -1.0}, "min_norm", "-1.0"),
 ]
@@ -114,8 +120,9 @@ def test_a_missing_key_is_named_not_the_leaf_after_it() -> None:
     tx = so.adamw(1e-3)
     params = {"a": jnp.ones(2), "b": jnp.ones(3), "w": jnp.ones(4)}
     grads = {"a": jnp.ones(2), "w": jnp.ones(4)}
-    with pytest.raises(ValueError, match=re.escape("['b'] missing (the state has it)")) as err:
+    with pytest.raises(ValueError, match=re.escape("adamw: scale_by_adam: updates do not")) as err:
         tx.update(grads, tx.init(params), params)
+    assert "['b'] missing (the state has it)" in str(err.value)
     assert "['w']" not in str(err.value)
     extra = {**params, "z": jnp.ones(1)}
     with pytest.raises(ValueError, match=re.escape("['z'] not in the state")):
