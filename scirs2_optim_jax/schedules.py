@@ -7,9 +7,14 @@ steps. The count is cast to float32 before any arithmetic and values come back a
 arrays, which keeps the schedules valid under ``jax_numpy_dtype_promotion="strict"``.
 
 The schedules that optax 0.2.8 also has take the same arguments, in the same order and with
-the same defaults, and return the same values. Where optax silently accepts an argument that
-makes no sense (a negative ``transition_steps``, a zero ``decay_rate``...), these raise a
-``ValueError`` naming the function, the argument and the value; each docstring says which.
+the same defaults, and return the same values. What optax documents, they accept (a
+``transition_steps <= 0`` or a zero ``decay_rate`` gives a constant schedule, as in optax);
+where optax silently accepts an argument that makes no sense (a negative
+``transition_begin``, a negative ``decay_rate``...), these raise a ``ValueError`` naming
+the function, the argument and the value; each docstring says which.
+
+Step counts enter the arithmetic as floats, so a count beyond the int32 range
+(``decay_steps=10**10``) works under ``jax.jit`` as it does in optax.
 
 Arguments that set values (``init_value``, ``peak_value``...) may also be JAX tracers, for
 a schedule built inside a traced function; they are then accepted unchecked. Arguments that
@@ -152,16 +157,20 @@ def _polynomial(
     _check_finite(fn, "init_value", init_value)
     _check_finite(fn, "end_value", end_value)
     check_positive(fn, "power", power)
-    steps = check_whole_number(fn, "transition_steps", transition_steps, positive=False)
-    begin = check_whole_number(fn, "transition_begin", transition_begin, positive=False)
+    steps = check_whole_number(
+        fn, "transition_steps", transition_steps, positive=False, signed=True
+    )
+    begin = float(check_whole_number(fn, "transition_begin", transition_begin, positive=False))
     init, end, power = _scalar(init_value), _scalar(end_value), _scalar(power)
 
-    if steps == 0:
+    if steps <= 0:  # optax: "the entire annealing process is disabled"
 
         def hold(count: jax.typing.ArrayLike) -> jax.Array:
             return _full(count, init)
 
         return hold
+
+    steps = float(steps)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         elapsed = jnp.clip(_steps(count) - begin, 0, steps)
@@ -186,16 +195,15 @@ def polynomial_schedule(
     ``init_value`` for ``t <= B``, ``(init_value - end_value) * (1 - (t - B) / T) ** power +
     end_value`` for ``B <= t <= B + T``, and ``end_value`` afterwards.
 
-    As in optax, ``transition_steps == 0`` turns the transition off: the schedule holds
-    ``init_value``. Unlike optax, a negative ``transition_steps`` or ``transition_begin`` or a
-    ``power <= 0`` (which would make the value infinite at the end) raises instead of being
-    silently replaced.
+    As in optax, ``transition_steps <= 0`` turns the transition off: the schedule holds
+    ``init_value``. Unlike optax, a negative ``transition_begin`` or a ``power <= 0`` (which
+    would make the value infinite at the end) raises instead of being silently replaced.
 
     Args:
         init_value: value before and at the start of the transition; a finite number.
         end_value: value at the end of the transition and after; a finite number.
         power: exponent of the polynomial; a finite number > 0.
-        transition_steps: length of the transition; an integer >= 0.
+        transition_steps: length of the transition; an integer (``<= 0``: no transition).
         transition_begin: steps to hold ``init_value`` before the transition starts; an
             integer >= 0.
 
@@ -204,7 +212,7 @@ def polynomial_schedule(
 
     Raises:
         ValueError: if an argument is out of range, e.g.
-            ``polynomial_schedule: transition_steps must be an integer >= 0, got -5``.
+            ``polynomial_schedule: transition_begin must be an integer >= 0, got -5``.
 
     Example:
         >>> schedule = polynomial_schedule(1.0, 0.0, power=2, transition_steps=10)
@@ -226,13 +234,13 @@ def linear_schedule(
 
     The :func:`polynomial_schedule` with ``power=1``: ``init_value`` until
     ``transition_begin``, then a straight line reaching ``end_value`` after
-    ``transition_steps`` more steps, then ``end_value``. ``transition_steps == 0`` holds
-    ``init_value`` (as in optax); negative step arguments raise.
+    ``transition_steps`` more steps, then ``end_value``. ``transition_steps <= 0`` holds
+    ``init_value`` (as in optax); a negative ``transition_begin`` raises.
 
     Args:
         init_value: value before the transition; a finite number.
         end_value: value at the end of the transition and after; a finite number.
-        transition_steps: length of the transition; an integer >= 0.
+        transition_steps: length of the transition; an integer (``<= 0``: no transition).
         transition_begin: steps to hold ``init_value`` first; an integer >= 0.
 
     Returns:
@@ -256,7 +264,7 @@ def _cosine_decay(
     fn: str, init_value: Any, decay_steps: Any, alpha: Any, exponent: Any, *, steps_name: str
 ) -> Schedule:
     _check_finite(fn, "init_value", init_value)
-    steps = check_whole_number(fn, steps_name, decay_steps, positive=True)
+    steps = float(check_whole_number(fn, steps_name, decay_steps, positive=True))
     _check_finite(fn, "alpha", alpha)
     check_positive(fn, "exponent", exponent)
     init, alpha, exponent = _scalar(init_value), _scalar(alpha), _scalar(exponent)
@@ -324,15 +332,15 @@ def exponential_decay(
     transition_steps`` (rounded down when ``staircase``). When ``end_value`` is given, it
     bounds the value: from below if ``decay_rate < 1``, from above otherwise.
 
-    Unlike optax, which then returns a constant ``init_value``, ``transition_steps <= 0`` and
-    ``decay_rate == 0`` raise, as do a negative ``decay_rate`` (which gives NaN) and a
-    negative ``transition_begin`` (which optax silently replaces by 0).
+    As in optax, ``transition_steps <= 0`` or ``decay_rate == 0`` give a constant schedule
+    (``init_value``). Unlike optax, a negative ``decay_rate`` (which gives NaN) and a
+    negative ``transition_begin`` (which optax silently replaces by 0) raise.
 
     Args:
         init_value: value until ``transition_begin``; a finite number.
-        transition_steps: steps per factor of ``decay_rate``; an integer > 0.
-        decay_rate: factor per ``transition_steps`` steps; a finite number > 0 (above 1 the
-            value grows).
+        transition_steps: steps per factor of ``decay_rate``; an integer (``<= 0``: constant).
+        decay_rate: factor per ``transition_steps`` steps; a finite number >= 0 (above 1 the
+            value grows; 0: constant).
         transition_begin: steps to hold ``init_value`` first; an integer >= 0.
         staircase: if True, the decay happens in discrete jumps; a bool.
         end_value: optional bound on the value; a finite number or None.
@@ -342,7 +350,7 @@ def exponential_decay(
 
     Raises:
         ValueError: if an argument is out of range, e.g.
-            ``exponential_decay: decay_rate must be a finite number > 0, got 0.0``.
+            ``exponential_decay: decay_rate must be a finite number >= 0, got -0.5``.
 
     Example:
         >>> schedule = exponential_decay(1.0, transition_steps=10, decay_rate=0.5,
@@ -352,15 +360,21 @@ def exponential_decay(
     """
     fn = "exponential_decay"
     _check_finite(fn, "init_value", init_value)
-    steps = check_whole_number(fn, "transition_steps", transition_steps, positive=True)
-    check_positive(fn, "decay_rate", decay_rate)
-    begin = check_whole_number(fn, "transition_begin", transition_begin, positive=False)
+    steps = check_whole_number(
+        fn, "transition_steps", transition_steps, positive=False, signed=True
+    )
+    check_non_negative(fn, "decay_rate", decay_rate)
+    begin = float(check_whole_number(fn, "transition_begin", transition_begin, positive=False))
     if not isinstance(staircase, bool):
         raise TypeError(f"{fn}: staircase must be a bool, got {staircase!r}")
     if end_value is not None:
         _check_finite(fn, "end_value", end_value)
     init, rate = _scalar(init_value), _scalar(decay_rate)
     end = None if end_value is None else _scalar(end_value)
+    if steps <= 0 or (not isinstance(rate, jax.Array) and rate == 0):
+        # What optax does (and documents in its tests): the decay is off.
+        return constant_schedule(init_value)
+    steps = float(steps)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         elapsed = _steps(count) - begin
@@ -421,7 +435,7 @@ def piecewise_constant_schedule(
             fn, "a boundary in boundaries_and_scales", boundary, positive=False
         )
         check_non_negative(fn, f"boundaries_and_scales[{boundary!r}]", scale)
-        jumps.append((step, _scalar(scale)))
+        jumps.append((float(step), _scalar(scale)))
     jumps.sort(key=lambda jump: jump[0])
     init = _scalar(init_value)
 
@@ -660,7 +674,7 @@ def cosine_onecycle_schedule(
     rise_end = int(_concrete(fn, "pct_start", pct_start) * total)
     start, final = peak / div, peak / (div * final_div)
     # (first step, step after the last, value at the first step, value it tends to)
-    phases = [(0, rise_end, start, peak), (rise_end, total, peak, final)]
+    phases = [(0.0, float(rise_end), start, peak), (float(rise_end), float(total), peak, final)]
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         t = jnp.maximum(_steps(count), 0)

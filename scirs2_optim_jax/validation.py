@@ -24,6 +24,7 @@ __all__ = [
     "check_bool",
     "check_callable",
     "check_dtype",
+    "check_finite_or_schedule",
     "check_in_range",
     "check_int",
     "check_learning_rate",
@@ -50,7 +51,8 @@ def _concrete_scalar(fn: str, name: str, value: Any) -> float | None:
             raise ValueError(
                 f"{fn}: {name} must be a scalar, got an array of shape {np.shape(value)}"
             )
-        if not np.issubdtype(np.asarray(value).dtype, np.number):
+        # jax.dtypes knows bfloat16 and the other ml_dtypes as numbers; NumPy does not.
+        if not jax.dtypes.issubdtype(np.asarray(value).dtype, np.number):
             raise TypeError(f"{fn}: {name} must be a number, got dtype {np.asarray(value).dtype}")
         return float(np.asarray(value))
     raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__} {value!r}")
@@ -101,6 +103,25 @@ def check_in_range(
         raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
 
 
+def check_finite_or_schedule(fn: str, name: str, value: Any) -> None:
+    """Raises unless ``value`` is a finite number (of either sign) or a callable schedule.
+
+    Example:
+        >>> check_finite_or_schedule("f", "decay", -0.5)
+        >>> check_finite_or_schedule("f", "decay", float("nan"))
+        Traceback (most recent call last):
+        ...
+        ValueError: f: decay must be a finite number or a schedule (callable), got nan
+    """
+    if callable(value):
+        return
+    expected = "a finite number or a schedule (callable)"
+    try:
+        _finite(fn, name, value, expected)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be {expected}, got {value!r}") from None
+
+
 def check_learning_rate(fn: str, name: str, value: Any) -> None:
     """Raises unless ``value`` is a finite number >= 0 or a callable schedule."""
     if callable(value):
@@ -125,16 +146,35 @@ def check_bool(fn: str, name: str, value: Any) -> None:
         raise TypeError(f"{fn}: {name} must be a bool, got {value!r}")
 
 
-def check_dtype(fn: str, name: str, value: Any) -> Any:
-    """Returns ``value`` as a canonical floating ``jnp.dtype`` (None stays None)."""
+def check_dtype(fn: str, name: str, value: Any, *, allow_complex: bool = False) -> Any:
+    """Returns ``value`` as a canonical floating ``jnp.dtype`` (None stays None).
+
+    With ``allow_complex``, complex dtypes are accepted too (optax accepts them for the
+    momentum of complex parameters: ``mu_dtype``, ``accumulator_dtype``).
+
+    Example:
+        >>> check_dtype("scale_by_adam", "mu_dtype", "complex64", allow_complex=True)
+        dtype('complex64')
+        >>> check_dtype("cast", "dtype", "int32")
+        Traceback (most recent call last):
+        ...
+        ValueError: cast: dtype must be a floating dtype or None, got 'int32'
+    """
     if value is None:
         return None
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        # optax.inject_hyperparams takes a dtype class (jnp.float32, callable) for a schedule
+        # and passes jnp.float32(count) on: its dtype is the one meant, as optax reads it.
+        value = value.dtype
     try:
         dtype = jax.dtypes.canonicalize_dtype(value)
     except TypeError:
         raise TypeError(f"{fn}: {name} must be a dtype or None, got {value!r}") from None
+    if allow_complex and jax.dtypes.issubdtype(dtype, np.complexfloating):
+        return dtype
     if not jax.dtypes.issubdtype(dtype, np.floating):
-        raise ValueError(f"{fn}: {name} must be a floating dtype or None, got {value!r}")
+        kind = "floating or complex" if allow_complex else "floating"
+        raise ValueError(f"{fn}: {name} must be a {kind} dtype or None, got {value!r}")
     return dtype
 
 
@@ -334,17 +374,23 @@ def check_callable(fn: str, name: str, value: Any, *, allow_none: bool = False) 
         raise TypeError(f"{fn}: {name} must be {expected}, got {value!r}")
 
 
-def check_whole_number(fn: str, name: str, value: Any, *, positive: bool) -> int:
+def check_whole_number(
+    fn: str, name: str, value: Any, *, positive: bool, signed: bool = False
+) -> int:
     """Returns ``value`` as an int, raising unless it is an integer > 0 (or >= 0).
 
     Unlike :func:`check_int`, whole floats (``1000.0``) are accepted, as optax's schedules
     accept them for step counts; tracers are refused (a step count shapes the schedule).
+    With ``signed``, any integer is accepted (``positive`` is then ignored): optax's
+    schedules document some step counts ``<= 0`` as "no transition".
 
     Example:
         >>> check_whole_number("f", "transition_steps", 1000.0, positive=True)
         1000
+        >>> check_whole_number("f", "transition_steps", -1, positive=False, signed=True)
+        -1
     """
-    expected = "an integer > 0" if positive else "an integer >= 0"
+    expected = "an integer" if signed else "an integer > 0" if positive else "an integer >= 0"
     if isinstance(value, (bool, jax.core.Tracer)):
         raise TypeError(f"{fn}: {name} must be {expected}, got {type(value).__name__} {value!r}")
     if isinstance(value, (float, np.floating)):
@@ -358,6 +404,6 @@ def check_whole_number(fn: str, name: str, value: Any, *, positive: bool) -> int
             raise TypeError(
                 f"{fn}: {name} must be {expected}, got {type(value).__name__} {value!r}"
             ) from None
-    if number < (1 if positive else 0):
+    if not signed and number < (1 if positive else 0):
         raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
     return number

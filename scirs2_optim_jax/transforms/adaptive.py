@@ -18,6 +18,8 @@ from scirs2_optim_jax import validation as v
 from scirs2_optim_jax.transforms.description import ScaleByAdam, describe
 from scirs2_optim_jax.transforms.moments import (
     as_dtype,
+    as_inexact_tree,
+    cast,
     compute_dtype,
     ema,
     full_like_tree,
@@ -28,6 +30,8 @@ from scirs2_optim_jax.transforms.moments import bias_correction as correction_fa
 
 __all__ = [
     "ScaleByAdamState",
+    "ScaleByRStdDevState",
+    "ScaleByRStdDevWithCountState",
     "ScaleByRmsState",
     "ScaleByRmsWithCountState",
     "ScaleByRssState",
@@ -107,7 +111,8 @@ def scale_by_adam(
         b2: decay of the second moment, in [0, 1).
         eps: added to the denominator outside the square root, > 0.
         eps_root: added inside the square root, >= 0.
-        mu_dtype: dtype of the first moment (default: the parameters' dtype).
+        mu_dtype: dtype of the first moment (default: the parameters' dtype); floating or
+            complex.
         nesterov: use Nesterov momentum (NAdam).
         nu_dtype: dtype of the second moment (default: the parameters' dtype).
 
@@ -129,7 +134,7 @@ def scale_by_adam(
     v.check_positive(fn, "eps", eps)
     v.check_non_negative(fn, "eps_root", eps_root)
     v.check_bool(fn, "nesterov", nesterov)
-    mu_dtype = v.check_dtype(fn, "mu_dtype", mu_dtype)
+    mu_dtype = v.check_dtype(fn, "mu_dtype", mu_dtype, allow_complex=True)
     nu_dtype = v.check_dtype(fn, "nu_dtype", nu_dtype)
 
     def init_fn(params: optax.Params) -> ScaleByAdamState:
@@ -143,12 +148,13 @@ def scale_by_adam(
         updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ScaleByAdamState]:
         del params
+        updates = as_inexact_tree(updates)
         count, mu, nu, mu_hat, nu_hat = _adam_moments(fn, updates, state, b1, b2, nesterov)
 
         def direction(g: jax.Array, m: jax.Array, n: jax.Array) -> jax.Array:
             dtype = compute_dtype(m.dtype, n.dtype)
             denom = jnp.sqrt(n.astype(dtype) + as_dtype(eps_root, dtype)) + as_dtype(eps, dtype)
-            return (m.astype(dtype) / denom).astype(g.dtype)
+            return cast(m.astype(dtype) / denom, g.dtype)
 
         new_updates = jax.tree.map(direction, updates, mu_hat, nu_hat)
         return new_updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
@@ -204,7 +210,7 @@ def scale_by_radam(
     v.check_non_negative(fn, "eps_root", eps_root)
     v.check_positive(fn, "threshold", threshold)
     v.check_bool(fn, "nesterov", nesterov)
-    mu_dtype = v.check_dtype(fn, "mu_dtype", mu_dtype)
+    mu_dtype = v.check_dtype(fn, "mu_dtype", mu_dtype, allow_complex=True)
     nu_dtype = v.check_dtype(fn, "nu_dtype", nu_dtype)
     rho_inf = 2.0 / (1.0 - b2) - 1.0
 
@@ -219,6 +225,7 @@ def scale_by_radam(
         updates: optax.Updates, state: ScaleByAdamState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ScaleByAdamState]:
         del params
+        updates = as_inexact_tree(updates)
         count, mu, nu, mu_hat, nu_hat = _adam_moments(fn, updates, state, b1, b2, nesterov)
         b2_t = jnp.asarray(b2, jnp.float32) ** count.astype(jnp.float32)
         rho = rho_inf - 2 * count.astype(jnp.float32) * b2_t / (1 - b2_t)
@@ -232,7 +239,7 @@ def scale_by_radam(
             m = m.astype(dtype)
             denom = jnp.sqrt(n.astype(dtype) + as_dtype(eps_root, dtype)) + as_dtype(eps, dtype)
             step = jnp.where(adaptive, rectifier.astype(dtype) * m / denom, m)
-            return step.astype(g.dtype)
+            return cast(step, g.dtype)
 
         new_updates = jax.tree.map(direction, updates, mu_hat, nu_hat)
         return new_updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
@@ -311,6 +318,7 @@ def scale_by_rms(
         params: optax.Params | None = None,
     ) -> tuple[optax.Updates, ScaleByRmsState | ScaleByRmsWithCountState]:
         del params
+        updates = as_inexact_tree(updates)
         v.check_tree_matches(fn, updates, state.nu)
         nu = jax.tree.map(lambda g, n: ema(g, n, decay, 2), updates, state.nu)
         if use_correction:
@@ -334,19 +342,24 @@ def scale_by_rms(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-class ScaleByStddevState(NamedTuple):
-    """State of :func:`scale_by_stddev` without bias correction."""
+class ScaleByRStdDevState(NamedTuple):
+    """State of :func:`scale_by_stddev` without bias correction (named as in optax)."""
 
     mu: optax.Updates
     nu: optax.Updates
 
 
-class ScaleByStddevWithCountState(NamedTuple):
-    """State of :func:`scale_by_stddev` with bias correction."""
+class ScaleByRStdDevWithCountState(NamedTuple):
+    """State of :func:`scale_by_stddev` with bias correction (named as in optax)."""
 
     count: jax.Array
     mu: optax.Updates
     nu: optax.Updates
+
+
+# The earlier names of the same classes.
+ScaleByStddevState = ScaleByRStdDevState
+ScaleByStddevWithCountState = ScaleByRStdDevWithCountState
 
 
 def scale_by_stddev(
@@ -389,19 +402,20 @@ def scale_by_stddev(
     nu_dtype = v.check_dtype(fn, "nu_dtype", nu_dtype)
     use_correction = bias_correction
 
-    def init_fn(params: optax.Params) -> ScaleByStddevState | ScaleByStddevWithCountState:
+    def init_fn(params: optax.Params) -> ScaleByRStdDevState | ScaleByRStdDevWithCountState:
         mu = zeros_like_tree(params, nu_dtype)
         nu = full_like_tree(params, initial_scale, nu_dtype)
         if use_correction:
-            return ScaleByStddevWithCountState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
-        return ScaleByStddevState(mu=mu, nu=nu)
+            return ScaleByRStdDevWithCountState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+        return ScaleByRStdDevState(mu=mu, nu=nu)
 
     def update_fn(
         updates: optax.Updates,
-        state: ScaleByStddevState | ScaleByStddevWithCountState,
+        state: ScaleByRStdDevState | ScaleByRStdDevWithCountState,
         params: optax.Params | None = None,
-    ) -> tuple[optax.Updates, ScaleByStddevState | ScaleByStddevWithCountState]:
+    ) -> tuple[optax.Updates, ScaleByRStdDevState | ScaleByRStdDevWithCountState]:
         del params
+        updates = as_inexact_tree(updates)
         v.check_tree_matches(fn, updates, state.nu)
         mu = jax.tree.map(lambda g, m: ema(g, m, decay, 1), updates, state.mu)
         nu = jax.tree.map(lambda g, n: ema(g, n, decay, 2), updates, state.nu)
@@ -421,8 +435,8 @@ def scale_by_stddev(
 
         new_updates = jax.tree.map(scale, updates, mu_hat, nu_hat)
         if use_correction:
-            return new_updates, ScaleByStddevWithCountState(count=count, mu=mu, nu=nu)
-        return new_updates, ScaleByStddevState(mu=mu, nu=nu)
+            return new_updates, ScaleByRStdDevWithCountState(count=count, mu=mu, nu=nu)
+        return new_updates, ScaleByRStdDevState(mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -472,6 +486,7 @@ def scale_by_rss(
         updates: optax.Updates, state: ScaleByRssState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ScaleByRssState]:
         del params
+        updates = as_inexact_tree(updates)
         v.check_tree_matches(fn, updates, state.sum_of_squares)
 
         def accumulate(g: jax.Array, s: jax.Array) -> jax.Array:

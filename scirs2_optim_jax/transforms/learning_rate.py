@@ -10,7 +10,7 @@ import optax
 
 from scirs2_optim_jax import validation as v
 from scirs2_optim_jax.transforms.description import ScaleByLearningRate, describe
-from scirs2_optim_jax.transforms.moments import as_dtype, safe_increment
+from scirs2_optim_jax.transforms.moments import as_dtype, as_inexact_tree, safe_increment
 
 __all__ = ["ScaleByScheduleState", "scale", "scale_by_learning_rate", "scale_by_schedule"]
 
@@ -32,6 +32,7 @@ def scale(step_size: Any) -> optax.GradientTransformation:
         updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, optax.EmptyState]:
         del params
+        updates = as_inexact_tree(updates)
         return jax.tree.map(lambda g: as_dtype(step_size, g.dtype) * g, updates), state
 
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
@@ -66,6 +67,7 @@ def scale_by_schedule(step_size_fn: Any) -> optax.GradientTransformation:
         updates: optax.Updates, state: ScaleByScheduleState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ScaleByScheduleState]:
         del params
+        updates = as_inexact_tree(updates)
         step_size = step_size_fn(state.count)
         new_updates = jax.tree.map(lambda g: jnp.asarray(step_size, g.dtype) * g, updates)
         return new_updates, ScaleByScheduleState(count=safe_increment(state.count))

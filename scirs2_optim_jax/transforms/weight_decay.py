@@ -11,7 +11,7 @@ import optax
 from scirs2_optim_jax import validation as v
 from scirs2_optim_jax.transforms.description import AddDecayedWeights, describe
 from scirs2_optim_jax.transforms.masking import Mask, select_by_mask
-from scirs2_optim_jax.transforms.moments import compute_dtype, safe_increment
+from scirs2_optim_jax.transforms.moments import as_inexact, cast, compute_dtype, safe_increment
 
 __all__ = ["AddDecayedWeightsState", "add_decayed_weights"]
 
@@ -25,8 +25,13 @@ class AddDecayedWeightsState(NamedTuple):
 def add_decayed_weights(weight_decay: Any = 0.0, mask: Mask = None) -> optax.GradientTransformation:
     """Adds ``weight_decay * params`` to the updates (decoupled weight decay, as in AdamW).
 
+    As in optax, an update leaf that is ``None`` (a parameter without an update) stays
+    ``None``, and ``weight_decay`` may be negative (optax's ``fromage`` adds a negative
+    multiple of the parameters). The aliases (``adamw``, ``lamb``...) still refuse a
+    negative weight decay.
+
     Args:
-        weight_decay: a finite number >= 0, or a schedule ``count -> weight decay``.
+        weight_decay: a finite number, or a schedule ``count -> weight decay``.
         mask: which leaves decay: None (all), a bool, a pytree of bools matching (a prefix
             of) the parameters, or a callable ``params -> such a pytree``. A typical mask
             leaves biases and normalisation scales undecayed.
@@ -46,7 +51,7 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Mask = None) -> optax.Gra
     Reference: Loshchilov and Hutter, "Decoupled Weight Decay Regularization", 2019.
     """
     fn = "add_decayed_weights"
-    v.check_learning_rate(fn, "weight_decay", weight_decay)
+    v.check_finite_or_schedule(fn, "weight_decay", weight_decay)
     v.check_mask(fn, "mask", mask)
     scheduled = callable(weight_decay)
 
@@ -63,6 +68,7 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Mask = None) -> optax.Gra
     ) -> tuple[optax.Updates, AddDecayedWeightsState | optax.EmptyState]:
         if params is None:
             raise ValueError(f"{fn}: update needs params (call tx.update(updates, state, params))")
+        params = _without_missing_updates(fn, updates, params)
         v.check_tree_matches(fn, updates, params, ref_name="params")
         if scheduled:
             rate = weight_decay(state.count)
@@ -73,8 +79,9 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Mask = None) -> optax.Gra
             rate = weight_decay
 
         def decay(g: jax.Array, p: jax.Array) -> jax.Array:
+            g, p = as_inexact(g), jnp.asarray(p)
             dtype = compute_dtype(g.dtype, p.dtype)
-            return (g.astype(dtype) + jnp.asarray(rate, dtype) * p.astype(dtype)).astype(g.dtype)
+            return cast(g.astype(dtype) + jnp.asarray(rate, dtype) * p.astype(dtype), g.dtype)
 
         decayed = jax.tree.map(decay, updates, params)
         return select_by_mask(mask, params, decayed, updates), state
@@ -83,3 +90,15 @@ def add_decayed_weights(weight_decay: Any = 0.0, mask: Mask = None) -> optax.Gra
         optax.GradientTransformation(init_fn, update_fn),
         AddDecayedWeights(weight_decay, mask),
     )
+
+
+def _without_missing_updates(fn: str, updates: optax.Updates, params: optax.Params) -> Any:
+    """``params`` with ``None`` wherever ``updates`` has ``None`` (no update, no decay)."""
+    is_none = lambda x: x is None
+    if not any(leaf is None for leaf in jax.tree.leaves(updates, is_leaf=is_none)):
+        return params
+    try:
+        return jax.tree.map(lambda g, p: None if g is None else p, updates, params, is_leaf=is_none)
+    except ValueError:  # the structures differ elsewhere too: reported by check_tree_matches
+        v.check_tree_matches(fn, updates, params, ref_name="params")
+        raise

@@ -46,6 +46,17 @@ OPTAX_CASES = [
         "polynomial_schedule",
         {"init_value": 0.5, "end_value": 0.1, "power": 3.0, "transition_steps": 0},
     ),
+    # transition_steps <= 0 or decay_rate == 0: constant, as optax documents.
+    (
+        "polynomial_schedule",
+        {"init_value": 0.5, "end_value": 0.1, "power": 1, "transition_steps": -3},
+    ),
+    ("linear_schedule", {"init_value": 0.5, "end_value": 0.1, "transition_steps": -1}),
+    ("exponential_decay", {"init_value": 0.5, "transition_steps": 0, "decay_rate": 0.9}),
+    ("exponential_decay", {"init_value": 0.5, "transition_steps": -2, "decay_rate": 0.9}),
+    ("exponential_decay", {"init_value": 0.5, "transition_steps": 10, "decay_rate": 0.0}),
+    # A step count beyond int32.
+    ("cosine_decay_schedule", {"init_value": 1.0, "decay_steps": 10**10}),
     ("linear_schedule", {"init_value": 1.0, "end_value": 0.01, "transition_steps": 100}),
     (
         "linear_schedule",
@@ -348,8 +359,14 @@ BAD_ARGUMENTS = [
     (schedules.constant_schedule, {"value": math.nan}, "value", "nan"),
     (
         schedules.polynomial_schedule,
-        {"init_value": 1.0, "end_value": 0.0, "power": 1, "transition_steps": -5},
-        "transition_steps",
+        {
+            "init_value": 1.0,
+            "end_value": 0.0,
+            "power": 1,
+            "transition_steps": 5,
+            "transition_begin": -5,
+        },
+        "transition_begin",
         "-5",
     ),
     (
@@ -385,15 +402,9 @@ BAD_ARGUMENTS = [
     ),
     (
         schedules.exponential_decay,
-        {"init_value": 1.0, "transition_steps": 0, "decay_rate": 0.5},
-        "transition_steps",
-        "0",
-    ),
-    (
-        schedules.exponential_decay,
-        {"init_value": 1.0, "transition_steps": 10, "decay_rate": 0.0},
-        "decay_rate",
-        "0.0",
+        {"init_value": 1.0, "transition_steps": 10, "decay_rate": 0.5, "transition_begin": -1},
+        "transition_begin",
+        "-1",
     ),
     (
         schedules.exponential_decay,
