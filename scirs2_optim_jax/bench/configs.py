@@ -162,6 +162,16 @@ LAMB_BYTES = 40
 ADOPT_BYTES = 28
 SCHEDULE_FREE_BYTES = 28
 SCHEDULE_FREE = {"learning_rate": 1e-3, "warmup_steps": 100, "weight_decay": 1e-4}
+# Muon reads params, grads and the momentum, writes params and momentum, and must write
+# the normalised momentum and read it back for the Newton-Schulz iteration: 7 x 4 bytes (its
+# matmuls make it compute-bound in practice). Adafactor (with momentum, as big_vision runs
+# it) needs the gradient three times (row/column sums; the update's and the parameters' RMS;
+# the update itself), the parameters twice, the momentum read and written and the
+# parameters written: 8 x 4 bytes; the factored moments are negligible.
+MUON_BYTES = 28
+ADAFACTOR_BYTES = 32
+MUON = {"learning_rate": 1e-3, "weight_decay": 1e-4}
+ADAFACTOR = {"learning_rate": 1e-3, "momentum": 0.9}
 
 
 def _configs() -> dict[str, BenchConfig]:
@@ -272,6 +282,22 @@ def _configs() -> dict[str, BenchConfig]:
             lambda: optimizers.schedule_free_adamw(**SCHEDULE_FREE),
             lambda: optax.contrib.schedule_free_adamw(**SCHEDULE_FREE),
             SCHEDULE_FREE_BYTES,
+        ),
+        BenchConfig(
+            "l",
+            "muon (AdamW for vectors), 200 leaves",
+            _list_tree(200),
+            lambda: optimizers.muon(**MUON),
+            lambda: optax.contrib.muon(**MUON),
+            MUON_BYTES,
+        ),
+        BenchConfig(
+            "m",
+            "adafactor (momentum 0.9), 200 leaves",
+            _list_tree(200),
+            lambda: optimizers.adafactor(**ADAFACTOR),
+            lambda: optax.adafactor(**ADAFACTOR),
+            ADAFACTOR_BYTES,
         ),
     ]
     return {c.name: c for c in configs}

@@ -11,10 +11,13 @@ each device holds between steps:
 - **master weights**: the float32 copy kept by
   :func:`~scirs2_optim_jax.precision.with_master_weights`, part of the optimizer state.
 
-ZeRO (stages 1 and 2) partitions every optimizer-state leaf, master weights included, the
-way ``scirs2_optim_jax.parallel`` does: flattened, zero-padded to a multiple of the device
-count ``N`` and split, so each device holds ``ceil(size / N)`` elements of every leaf; stage
-2 does the same to the gradients. Parameters stay replicated.
+ZeRO (stages 1 and 2) partitions every parameter-shaped optimizer-state leaf (moments,
+master weights) the way ``scirs2_optim_jax.parallel`` does: flattened, zero-padded to a
+multiple of the device count ``N`` and split, so each device holds ``ceil(size / N)``
+elements of it; stage 2 does the same to the gradients. Everything else stays replicated:
+parameters, step counts, and state that is not parameter-shaped, such as Adafactor's
+factored row and column statistics (``rows + cols`` numbers per factored leaf, whole on
+every device), which ``parallel.layout.map_state`` tells from the moments.
 
 Activations depend on the model and the batch size; :func:`profile_activations` measures
 them from XLA's memory analysis of the compiled forward + backward pass at two batch sizes,
@@ -37,6 +40,7 @@ import optax
 from scirs2_optim_jax import validation as v
 from scirs2_optim_jax.config.builder import build_optimizer, optimizer_arguments
 from scirs2_optim_jax.config.schema import OPTIMIZER_NAMES, OptimizerConfig, RunConfig
+from scirs2_optim_jax.parallel.layout import map_state
 from scirs2_optim_jax.precision import MasterWeightsState, precision_policy, with_master_weights
 
 __all__ = [
@@ -124,6 +128,12 @@ def _leaf_bytes(leaf: Any, shards: int) -> int:
 
 def _tree_bytes(tree: Any, shards: int = 1) -> int:
     return sum(_leaf_bytes(x, shards) for x in jax.tree.leaves(tree))
+
+
+def _state_bytes(leaves: list[Any], moments: set[int], shards: int) -> int:
+    """Bytes of state leaves: moments (ids in ``moments``) split ``shards`` ways, the rest
+    replicated."""
+    return sum(_leaf_bytes(x, shards if id(x) in moments else 1) for x in leaves)
 
 
 @dataclass(frozen=True)
@@ -267,6 +277,18 @@ def plan_memory(
     state = jax.eval_shape(tx.init, abstract)
     master, other = _split_master(state)
     state_shards = devices if stage >= 1 else 1
+    marks = map_state(
+        state,
+        abstract,
+        lambda *_: True,
+        lambda *_: False,
+        single_leaf_is_moment=lambda leaf, param: np.shape(leaf) == np.shape(param),
+    )
+    moments = {
+        id(leaf)
+        for leaf, mark in zip(jax.tree.leaves(state), jax.tree.leaves(marks), strict=True)
+        if mark
+    }
     floating = [x for x in jax.tree.leaves(abstract) if _is_floating(x.dtype)]
     return MemoryPlan(
         num_params=sum(int(np.prod(x.shape, dtype=np.int64)) for x in jax.tree.leaves(abstract)),
@@ -275,8 +297,8 @@ def plan_memory(
         precision=precision,
         param_bytes=_tree_bytes(abstract),
         grad_bytes=_tree_bytes(floating, devices if stage >= 2 else 1),
-        optimizer_state_bytes=_tree_bytes(other, state_shards),
-        master_weights_bytes=_tree_bytes(master, state_shards),
+        optimizer_state_bytes=_state_bytes(other, moments, state_shards),
+        master_weights_bytes=_state_bytes(master, moments, state_shards),
     )
 
 

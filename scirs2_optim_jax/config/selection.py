@@ -5,7 +5,8 @@ match wins:
 
 1. **more than 1B parameters on an accelerator**: AdamW at 1e-4, weight decay 0.01, bf16
    with float32 master weights and moments, ZeRO (stage 1, or stage 2 when stage 1 does not
-   fit the memory given);
+   fit the memory given); when even stage 2 does not fit but Adafactor's smaller state
+   does, Adafactor at 1e-2 (its step is relative to each parameter's scale) with ZeRO-2;
 2. **more than 100M parameters**: LAMB at 2e-3 in float32 (its per-layer trust ratio keeps
    large batches stable), with gradient checkpointing on an accelerator;
 3. **otherwise**: Adam at 1e-3 in float32.
@@ -144,6 +145,20 @@ def select_optimizer(
             f"{count:,} params > 1B on an accelerator: AdamW 1e-4 (wd 0.01), bf16 with fp32 "
             f"master weights and moments, ZeRO stage {stage} over {devices} device(s)"
         )
+        # Planned from the count alone, Adafactor's second moment is one unfactored vector:
+        # an upper bound (a model's matrices keep only rows + columns).
+        factored = plan_memory(
+            count, "adafactor", precision="bf16", zero_stage=stage, num_devices=devices
+        )
+        if plan.total_bytes > available >= factored.total_bytes:
+            optimizer = OptimizerConfig(name="adafactor", learning_rate=1e-2)
+            plan, rule = factored, "large_accelerator_factored"
+            reason = (
+                f"{count:,} params > 1B on an accelerator, AdamW's state does not fit even "
+                f"with ZeRO stage {stage}: Adafactor 1e-2 (factored second moment, no first "
+                f"moment), bf16 with fp32 master weights, ZeRO stage {stage} over {devices} "
+                "device(s)"
+            )
     elif count > MEDIUM_MODEL_PARAMS:
         optimizer = OptimizerConfig(name="lamb", learning_rate=2e-3)
         precision = PrecisionConfig(mode="fp32")

@@ -28,6 +28,7 @@ from scirs2_optim_jax.parallel.layout import zero_chunk_size
 from scirs2_optim_jax.parallel.mesh import DeviceInfo, DeviceSummary, device_summary, make_data_mesh
 from scirs2_optim_jax.parallel.placement import put_on_mesh, to_host
 from scirs2_optim_jax.parallel.reductions import ShardReductionError, check_shard_reductions
+from scirs2_optim_jax.parallel.shape_check import ShardShapeError, check_shard_shapes
 from scirs2_optim_jax.parallel.zero import (
     gather_updates,
     reduce_gradients,
@@ -38,6 +39,7 @@ from scirs2_optim_jax.parallel.zero import (
     zero_state_specs,
     zero_state_to_canonical,
 )
+from scirs2_optim_jax.parallel.zero_layout import ZeroLayout
 
 __all__ = [
     "Collective",
@@ -47,8 +49,11 @@ __all__ = [
     "DeviceSummary",
     "DistributedConfig",
     "ShardReductionError",
+    "ShardShapeError",
+    "ZeroLayout",
     "any_process",
     "check_shard_reductions",
+    "check_shard_shapes",
     "collective_bytes",
     "constrain",
     "device_summary",

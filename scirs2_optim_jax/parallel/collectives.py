@@ -27,12 +27,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
 from scirs2_optim_jax.parallel.layout import padded_size
+from scirs2_optim_jax.parallel.zero_layout import exchange_bytes
 
 __all__ = [
     "Collective",
@@ -89,12 +91,18 @@ class CollectiveBytes:
     all_reduce: int = 0
     reduce_scatter: int = 0
     all_gather: int = 0
+    all_to_all: int = 0
 
     def ring_bytes(self, num_devices: int) -> float:
         """Bytes each device sends with ring algorithms: ``2 (N-1)/N`` of an all-reduce,
-        ``(N-1)/N`` of a reduce-scatter's operand and of an all-gather's result."""
+        ``(N-1)/N`` of a reduce-scatter's operand, of an all-gather's result and of an
+        all-to-all's buffer (the part that leaves the device)."""
         n = num_devices
-        return (n - 1) / n * (2 * self.all_reduce + n * self.reduce_scatter + self.all_gather)
+        return (
+            (n - 1)
+            / n
+            * (2 * self.all_reduce + n * self.reduce_scatter + self.all_gather + self.all_to_all)
+        )
 
 
 def _array_bytes(text: str) -> int:
@@ -136,21 +144,28 @@ def hlo_collectives(hlo_text: str) -> list[Collective]:
 
 
 def collective_bytes(hlo_text: str) -> CollectiveBytes:
-    """Totals the result bytes of the all-reduces, reduce-scatters and all-gathers.
+    """Totals the result bytes of the all-reduces, reduce-scatters, all-gathers and
+    all-to-alls.
 
     Example:
         >>> collective_bytes("%g = f32[16]{0} all-gather(f32[2]{0} %x), dimensions={0}")
-        CollectiveBytes(all_reduce=0, reduce_scatter=0, all_gather=64)
+        CollectiveBytes(all_reduce=0, reduce_scatter=0, all_gather=64, all_to_all=0)
     """
-    totals = {"all-reduce": 0, "reduce-scatter": 0, "all-gather": 0}
+    totals = {"all-reduce": 0, "reduce-scatter": 0, "all-gather": 0, "all-to-all": 0}
     for collective in hlo_collectives(hlo_text):
         if collective.op in totals:
             totals[collective.op] += collective.result_bytes
-    return CollectiveBytes(totals["all-reduce"], totals["reduce-scatter"], totals["all-gather"])
+    return CollectiveBytes(
+        totals["all-reduce"], totals["reduce-scatter"], totals["all-gather"], totals["all-to-all"]
+    )
 
 
 def expected_collective_bytes(
-    params_like: Any, num_devices: int, zero_stage: int
+    params_like: Any,
+    num_devices: int,
+    zero_stage: int,
+    *,
+    whole_leaves: Sequence[tuple[tuple[int, ...], Any, float]] = (),
 ) -> CollectiveBytes:
     """Gradient and update traffic of one data-parallel step (scalars not included).
 
@@ -159,6 +174,9 @@ def expected_collective_bytes(
             dtypes.
         num_devices: size of the data axis ``N``.
         zero_stage: 0 (plain data parallel), 1 or 2.
+        whole_leaves: under ZeRO, the leaves the optimizer computes whole (Muon's matrices),
+            as ``(shape, dtype, cost)`` in the order it maps them: they add two all-to-alls
+            (:func:`~scirs2_optim_jax.parallel.zero_layout.exchange_bytes`).
 
     Returns:
         A :class:`CollectiveBytes` per device and step.
@@ -167,7 +185,9 @@ def expected_collective_bytes(
         >>> import numpy as np
         >>> params = {"w": np.zeros((3, 3), np.float32)}  # 9 elements, padded to 16 on 8
         >>> expected_collective_bytes(params, 8, 2)
-        CollectiveBytes(all_reduce=0, reduce_scatter=8, all_gather=64)
+        CollectiveBytes(all_reduce=0, reduce_scatter=8, all_gather=64, all_to_all=0)
+        >>> expected_collective_bytes(params, 8, 2, whole_leaves=[((3, 3), np.float32, 27.0)])
+        CollectiveBytes(all_reduce=0, reduce_scatter=8, all_gather=64, all_to_all=128)
     """
     if isinstance(zero_stage, bool) or zero_stage not in (0, 1, 2):
         raise ValueError(
@@ -181,6 +201,14 @@ def expected_collective_bytes(
     )
     if zero_stage == 0:
         return CollectiveBytes(all_reduce=whole)
+    exchanged = exchange_bytes(
+        [tuple(s) for s, _, _ in whole_leaves],
+        [d for _, d, _ in whole_leaves],
+        [c for _, _, c in whole_leaves],
+        num_devices,
+    )
     if zero_stage == 1:
-        return CollectiveBytes(all_reduce=whole, all_gather=padded)
-    return CollectiveBytes(reduce_scatter=padded // num_devices, all_gather=padded)
+        return CollectiveBytes(all_reduce=whole, all_gather=padded, all_to_all=exchanged)
+    return CollectiveBytes(
+        reduce_scatter=padded // num_devices, all_gather=padded, all_to_all=exchanged
+    )

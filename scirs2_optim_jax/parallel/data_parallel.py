@@ -40,6 +40,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from scirs2_optim_jax.engine import one_pass_step
 from scirs2_optim_jax.parallel.placement import put_on_mesh
+from scirs2_optim_jax.parallel.unit_axis import with_unit_axis
 from scirs2_optim_jax.parallel.zero import (
     gather_updates,
     reduce_gradients,
@@ -47,8 +48,10 @@ from scirs2_optim_jax.parallel.zero import (
     update_slices,
     zero_state_specs,
 )
+from scirs2_optim_jax.parallel.zero_layout import ZeroLayout
 from scirs2_optim_jax.transforms.description import Chain, ClipByGlobalNorm, describe_of
 from scirs2_optim_jax.transforms.norms import global_norm
+from scirs2_optim_jax.transforms.shard_layout import use_layout
 
 __all__ = ["DataParallelStep", "make_data_parallel_step", "with_unit_axis"]
 
@@ -66,35 +69,8 @@ def _clips_over_an_axis(tx: optax.GradientTransformation) -> bool:
     ) or any(_clips_over_an_axis(part) for part in described.parts)
 
 
-def with_unit_axis(fn: Callable[..., Any], axis_name: str) -> Callable[..., Any]:
-    """Runs ``fn`` with ``axis_name`` bound to a size-1 ``vmap`` axis.
-
-    Collectives over ``axis_name`` inside ``fn`` (the ``psum`` of a transform built with
-    ``axis_name``) then act on one copy, i.e. are identities: right when ``fn`` sees whole
-    leaves, as in plain data parallelism or a GSPMD program.
-
-    Args:
-        fn: a function of pytrees of arrays (``None`` leaves allowed).
-        axis_name: the axis name to bind.
-
-    Returns:
-        A function with the same signature and results.
-
-    Example:
-        >>> import jax.numpy as jnp, scirs2_optim_jax as so
-        >>> tx = so.clip_by_global_norm(1.0, axis_name="data")
-        >>> g = {"w": jnp.array([3.0, 4.0])}
-        >>> out, _ = with_unit_axis(tx.update, "data")(g, tx.init(g))
-        >>> out["w"].tolist()
-        [0.6000000238418579, 0.800000011920929]
-    """
-
-    def wrapped(*args: Any) -> Any:
-        expanded = jax.tree.map(lambda x: jnp.asarray(x)[None], args)
-        out = jax.vmap(fn, axis_name=axis_name, axis_size=1)(*expanded)
-        return jax.tree.map(lambda x: x[0], out)
-
-    return wrapped
+def _structs(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
 
 
 def _mean_of_floats(tree: Any, axis_name: str) -> Any:
@@ -307,7 +283,10 @@ def make_data_parallel_step(
             )
 
         def init(params: Any) -> Any:
-            local_init = lambda p: tx.init(shard_params(p, axis_name))
+            def local_init(p: Any) -> Any:
+                with use_layout(ZeroLayout(_structs(p), axis_name)):
+                    return tx.init(shard_params(p, axis_name))
+
             return jax.jit(shard_map(local_init, P(), state_specs(params)))(params)
 
     jitted = jax.jit(step, donate_argnums=(0, 1) if donate else ())

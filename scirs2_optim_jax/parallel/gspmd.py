@@ -12,8 +12,11 @@ The inner optimizer sees whole (flat, padded) arrays here, so its reductions are
 without any communication written by hand. A transform built with ``axis_name`` works too:
 the update runs with that axis bound to a size-1 ``vmap`` axis, where its ``psum`` is an
 identity. So the same optimizer object serves ``shard_map`` ZeRO, plain data parallelism
-and this path. As with ZeRO, ``clip_by_block_rms`` (counts padded elements) and
-``adaptive_grad_clip`` (needs logical shapes) are not supported.
+and this path. As with ZeRO, transformations that are not exact on flat padded leaves
+(``clip_by_block_rms`` counts padded elements, ``adaptive_grad_clip`` and optax's Muon and
+Adafactor need logical shapes) are refused when the update is traced; this package's
+``muon`` and ``adafactor`` read the layout and are exact (Muon's matrices are then
+orthogonalised by every device: XLA, not the wrapper, places that work).
 
 Both Explicit and Auto mesh axes work: Explicit axes get ``jax.sharding.reshard``, Auto
 axes ``jax.lax.with_sharding_constraint``. Call the jitted step inside
@@ -31,8 +34,11 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from scirs2_optim_jax.parallel.data_parallel import with_unit_axis
 from scirs2_optim_jax.parallel.layout import map_state, padded_size
+from scirs2_optim_jax.parallel.shape_check import check_shard_shapes
+from scirs2_optim_jax.parallel.unit_axis import with_unit_axis
+from scirs2_optim_jax.parallel.zero_layout import ZeroLayout
+from scirs2_optim_jax.transforms.shard_layout import use_layout
 
 __all__ = ["constrain", "zero_gspmd", "zero_state_shardings"]
 
@@ -52,6 +58,10 @@ def constrain(x: Any, mesh: Mesh, spec: PartitionSpec) -> Any:
     if all(t == AxisType.Explicit for t in mesh.axis_types):
         return jax.tree.map(lambda leaf: jax.sharding.reshard(leaf, sharding), x)
     return jax.tree.map(lambda leaf: jax.lax.with_sharding_constraint(leaf, sharding), x)
+
+
+def _structs(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), tree)
 
 
 def _flat_padded(x: jax.Array, n: int) -> jax.Array:
@@ -97,7 +107,7 @@ def zero_state_shardings(state: Any, params_like: Any, mesh: Mesh, axis_name: st
 
 
 def zero_gspmd(
-    tx: optax.GradientTransformation, mesh: Mesh, axis_name: str = "data"
+    tx: optax.GradientTransformation, mesh: Mesh, axis_name: str = "data", *, check: bool = True
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps ``tx`` so a ``jax.jit`` step keeps its state in the ZeRO layout on ``mesh``.
 
@@ -107,10 +117,18 @@ def zero_gspmd(
     The parameters and gradients stay whatever sharding the step gives them (replicated for
     data parallelism).
 
+    The inner optimizer runs with the flat leaves' :class:`~scirs2_optim_jax.parallel.
+    zero_layout.ZeroLayout` installed, so this package's shape-dependent optimizers
+    (``muon``, ``adafactor``) are exact; with ``check`` an optimizer that is not exact on flat
+    leaves (optax's ``contrib.muon``, ``adafactor``, ...) raises
+    :class:`~scirs2_optim_jax.parallel.shape_check.ShardShapeError` when traced.
+
     Args:
         tx: any optimizer of this package.
         mesh: the mesh; ``axis_name`` must be one of its axes.
         axis_name: the data axis.
+        check: verify, when ``update`` is traced, that ``tx`` is exact on flat leaves
+            (:func:`~scirs2_optim_jax.parallel.shape_check.check_shard_shapes`).
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``.
@@ -140,6 +158,7 @@ def zero_gspmd(
             f"{fn}: axis_name {axis_name!r} is not an axis of the mesh {mesh.axis_names}"
         )
     n = mesh.shape[axis_name]
+    original = tx
     tx = optax.with_extra_args_support(tx)
     split = PartitionSpec(axis_name)
 
@@ -157,7 +176,9 @@ def zero_gspmd(
 
     def init_fn(params: optax.Params) -> optax.OptState:
         flat = to_slices(params)
-        return constrain_state(tx.init(flat), flat)
+        with use_layout(ZeroLayout(_structs(params), axis_name)):
+            state = tx.init(flat)
+        return constrain_state(state, flat)
 
     def update_fn(
         updates: optax.Updates,
@@ -168,8 +189,20 @@ def zero_gspmd(
         flat_grads = to_slices(updates)
         flat_params = None if params is None else to_slices(params)
 
+        if check:
+            check_shard_shapes(
+                original, updates, 1, axis_name, extra_args=extra_args, pad_to=n, context=fn
+            )
+        layout = ZeroLayout(
+            _structs(updates),
+            axis_name,
+            whole=lambda x: constrain(x, mesh, PartitionSpec()),
+            split=lambda x: constrain(x, mesh, split),
+        )
+
         def inner(g: Any, s: Any, p: Any) -> Any:
-            return tx.update(g, s, p, **extra_args)
+            with use_layout(layout):
+                return tx.update(g, s, p, **extra_args)
 
         flat_updates, state = with_unit_axis(inner, axis_name)(flat_grads, state, flat_params)
         # Replicating the flat updates is the all-gather; the padding is dropped after it.

@@ -8,8 +8,9 @@ the leaves inside parameter-shaped subtrees (Adam's ``mu`` and ``nu``, a momentu
 
 A subtree is parameter-shaped when its tree structure equals the parameters' structure:
 this is how optax's own ``tree_map_params`` recognises moments, and it needs no help from
-the optimizer. When the parameters are a single array, every state leaf with a dimension
-is taken to be a moment.
+the optimizer. ``optax.MaskedNode()`` may stand in for some of its leaves (the state of a
+masked or partitioned transformation, or Adafactor's, keeps no moment there). When the
+parameters are a single array, every state leaf with a dimension is taken to be a moment.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from scirs2_optim_jax.transforms.shard_layout import is_masked
 
 __all__ = [
     "is_sharded_leaf_tree",
@@ -81,7 +84,13 @@ def is_sharded_leaf_tree(params_like: Any) -> Callable[[Any], bool]:
     treedef = jax.tree.structure(params_like)
     if treedef.num_nodes == 1:
         return lambda node: False
-    return lambda node: jax.tree.structure(node) == treedef
+
+    def is_moments(node: Any) -> bool:
+        if isinstance(node, jax.Array | np.ndarray) or is_masked(node):
+            return False
+        return jax.tree.structure(node, is_leaf=is_masked) == treedef
+
+    return is_moments
 
 
 def map_state(
@@ -131,9 +140,12 @@ def map_state(
     def visit(path: tuple, node: Any) -> Any:
         if is_moments(node):
             return jax.tree_util.tree_map_with_path(
-                lambda sub, leaf, param: on_moment(keystr(path + sub), leaf, param),
+                lambda sub, leaf, param: (
+                    leaf if is_masked(leaf) else on_moment(keystr(path + sub), leaf, param)
+                ),
                 node,
                 params_like,
+                is_leaf=is_masked,
             )
         return on_other(keystr(path), node)
 

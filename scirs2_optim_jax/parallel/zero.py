@@ -18,9 +18,18 @@ must be built with ``axis_name`` equal to the data axis (``clip_by_global_norm(.
 axis_name="data")``, ``lamb(..., axis_name="data")``, ...). The wrapper checks this when the
 update is traced (:func:`~scirs2_optim_jax.parallel.reductions.check_shard_reductions`) and
 raises ``ShardReductionError`` naming the offending output otherwise. Padding is zeros, so
-sums of squares, moments and trust ratios are unchanged by it; transforms that count
-elements (``clip_by_block_rms``) or need a leaf's logical shape (``adaptive_grad_clip``) are
-not supported under ZeRO.
+sums of squares, moments and trust ratios are unchanged by it.
+
+A transformation whose math depends on a leaf's shape would see 1-D slices. The inner
+optimizer's ``init`` and ``update`` therefore run with the slices'
+:class:`~scirs2_optim_jax.parallel.zero_layout.ZeroLayout` installed, from which this
+package's shape-dependent optimizers work exactly: ``muon`` orthogonalises each matrix
+whole on one device (two all-to-alls), ``adafactor`` sums its row and column statistics
+over the slices. Any other optimizer is checked when the update is traced
+(:func:`~scirs2_optim_jax.parallel.shape_check.check_shard_shapes`: a run on random data,
+whole versus sliced): one that is not exact on slices (``optax.contrib.muon``,
+``optax.adafactor``, ``adaptive_grad_clip``, ``clip_by_block_rms``, ...) raises
+``ShardShapeError`` naming it, instead of training wrongly.
 """
 
 from __future__ import annotations
@@ -38,7 +47,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from scirs2_optim_jax.parallel.layout import map_state, zero_chunk_size
 from scirs2_optim_jax.parallel.placement import to_host
-from scirs2_optim_jax.parallel.reductions import check_shard_reductions
+from scirs2_optim_jax.parallel.reductions import ShardReductionError, check_shard_reductions
+from scirs2_optim_jax.parallel.shape_check import check_shard_shapes, shape_dependent_parts
+from scirs2_optim_jax.parallel.zero_layout import ZeroLayout
+from scirs2_optim_jax.transforms.shard_layout import use_layout
 
 __all__ = [
     "gather_updates",
@@ -62,6 +74,10 @@ def _check_axis_name(fn: str, axis_name: Any) -> None:
 def _check_stage(fn: str, stage: Any) -> None:
     if isinstance(stage, bool) or stage not in STAGES:
         raise ValueError(f"{fn}: stage must be 1 or 2, got {stage!r}")
+
+
+def _structs(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), tree)
 
 
 def _slice(x: jax.Array, n: int, index: jax.Array) -> jax.Array:
@@ -192,9 +208,14 @@ def update_slices(
     axis_name: str = "data",
     *,
     check: bool = True,
+    params_like: Any = None,
     **extra_args: Any,
 ) -> tuple[Any, Any]:
     """Runs ``tx.update`` on this device's slices (after :func:`reduce_gradients`).
+
+    The update runs with the :class:`~scirs2_optim_jax.parallel.zero_layout.ZeroLayout` of
+    the leaves installed, so shape-dependent transformations of this package (``muon``,
+    ``adafactor``) compute what they compute on whole leaves.
 
     Args:
         tx: the inner optimizer.
@@ -202,7 +223,12 @@ def update_slices(
         state: this device's state shard.
         params: whole parameters (replicated), or None.
         axis_name: the data axis.
-        check: verify at trace time that reductions are completed over ``axis_name``.
+        check: verify at trace time that reductions are completed over ``axis_name``
+            (:func:`~scirs2_optim_jax.parallel.reductions.check_shard_reductions`) and that
+            the optimizer is exact on slices
+            (:func:`~scirs2_optim_jax.parallel.shape_check.check_shard_shapes`).
+        params_like: the whole leaves' shapes (arrays or shape/dtype structs), when
+            ``params`` is None.
         **extra_args: passed on to ``tx.update``.
 
     Returns:
@@ -214,25 +240,47 @@ def update_slices(
         >>> mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
         >>> tx = so.sgd(0.5)
         >>> def f(g):
-        ...     u, _ = update_slices(tx, reduce_gradients(g), tx.init(g), None)
+        ...     u, _ = update_slices(tx, reduce_gradients(g), tx.init(g), None, params_like=g)
         ...     return u
         >>> jax.shard_map(f, mesh=mesh, in_specs=P(), out_specs=P("data"))(
         ...     {"w": jnp.ones(2)})["w"].tolist()
         [-0.5, -0.5]
     """
-    tx = optax.with_extra_args_support(tx)
+    logical = params if params_like is None else params_like
+    if logical is None:
+        raise ValueError(
+            "update_slices: pass params or params_like: the logical (whole) leaf shapes, which "
+            "shape-dependent transformations need and the check probes with"
+        )
+    layout = ZeroLayout(_structs(logical), axis_name)
+    inner = optax.with_extra_args_support(tx)
     param_slices = None if params is None else shard_params(params, axis_name)
-    update = functools.partial(tx.update, **extra_args)
+    update = functools.partial(inner.update, **extra_args)
     if check:
-        marks = (
-            jax.tree.map(lambda _: True, grad_slices),
-            _sharded_marks(state, grad_slices),
-            None if params is None else jax.tree.map(lambda _: True, param_slices),
-        )
-        check_shard_reductions(
-            update, (grad_slices, state, param_slices), marks, axis_name, context="zero"
-        )
-    return update(grad_slices, state, param_slices)
+        n = jax.lax.axis_size(axis_name)
+        if n > 1:  # on one device a slice is the whole (flat) leaf: nothing to complete
+            marks = (
+                jax.tree.map(lambda _: True, grad_slices),
+                _sharded_marks(state, grad_slices),
+                None if params is None else jax.tree.map(lambda _: True, param_slices),
+            )
+            try:
+                with use_layout(layout):
+                    check_shard_reductions(
+                        update, (grad_slices, state, param_slices), marks, axis_name, context="zero"
+                    )
+            except ShardReductionError as err:
+                parts = shape_dependent_parts(tx)
+                if not parts:
+                    raise
+                raise ShardReductionError(
+                    f"{err}. The optimizer also contains {', '.join(parts)}, which depends on "
+                    "the leaves' shapes and cannot run on ZeRO's flat slices (this package's "
+                    "muon and adafactor can)"
+                ) from None
+        check_shard_shapes(tx, logical, n, axis_name, extra_args=extra_args, context="zero")
+    with use_layout(layout):
+        return update(grad_slices, state, param_slices)
 
 
 def zero(
@@ -248,13 +296,15 @@ def zero(
 
     Build every reducing transform inside ``tx`` with ``axis_name`` set to the same axis;
     ``update`` verifies this when traced (``check=True``) and raises
-    ``ShardReductionError`` otherwise.
+    ``ShardReductionError`` otherwise. It also raises ``ShardShapeError`` for an optimizer
+    that is not exact on flat slices (see the module doc).
 
     Args:
         tx: any optimizer of this package (or an element-wise optax one).
         axis_name: the data axis of the mesh.
         stage: 1 (all-reduce gradients, shard the state) or 2 (reduce-scatter gradients).
-        check: verify the inner optimizer's reductions when ``update`` is traced.
+        check: verify the inner optimizer's reductions, and that it is exact on slices,
+            when ``update`` is traced.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -282,7 +332,8 @@ def zero(
     _check_stage(fn, stage)
 
     def init_fn(params: optax.Params) -> optax.OptState:
-        return tx.init(shard_params(params, axis_name))
+        with use_layout(ZeroLayout(_structs(params), axis_name)):
+            return tx.init(shard_params(params, axis_name))
 
     def update_fn(
         updates: optax.Updates,
@@ -292,7 +343,14 @@ def zero(
     ) -> tuple[optax.Updates, optax.OptState]:
         grad_slices = reduce_gradients(updates, axis_name, stage)
         slices, state = update_slices(
-            tx, grad_slices, state, params, axis_name, check=check, **extra_args
+            tx,
+            grad_slices,
+            state,
+            params,
+            axis_name,
+            check=check,
+            params_like=updates,
+            **extra_args,
         )
         return gather_updates(slices, updates, axis_name), state
 
@@ -326,12 +384,14 @@ def zero_state_specs(
         ),
         params_like,
     )
-    state = jax.eval_shape(tx.init, slices)
+    with use_layout(ZeroLayout(_structs(params_like), axis_name)):
+        state = jax.eval_shape(tx.init, slices)
     return map_state(
         state,
         slices,
         lambda *_: PartitionSpec(axis_name),
         lambda *_: PartitionSpec(),
+        single_leaf_is_moment=lambda leaf, param: np.shape(leaf) == np.shape(param),
     )
 
 

@@ -59,6 +59,8 @@ _DEFAULT_LEARNING_RATES: dict[str, float] = {
     "adopt": 1e-3,
     "schedule_free_adamw": 1e-2,
     "schedule_free_sgd": 0.3,
+    "muon": 0.02,
+    "adafactor": 0.01,
 }
 # The registry's names; the job spells schedules with hyphens, as the command line does.
 OPTIMIZERS: tuple[str, ...] = registry.OPTIMIZERS
