@@ -9,7 +9,7 @@ from pathlib import Path
 
 __all__ = ["add_parser", "main"]
 
-CONFIG_NAMES = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k")
+CONFIG_NAMES = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "20/200/2,000 leaves; d clip+adamw+warmup-cosine; e lamb; f clip+lamb+warmup-cosine "
             "(2,000 leaves); g bf16 params with fp32 master weights; h a 12-layer Flax "
             "transformer; i adamw at 1B params (accelerators only); j adopt; k schedule-free AdamW "
-            "(200 leaves, against optax.contrib's). The persistent compilation "
+            "(200 leaves, against optax.contrib's); l muon (against optax.contrib's); m "
+            "adafactor (200 leaves). The persistent compilation "
             "cache is on (see SCIRS2_OPTIM_COMPILATION_CACHE)."
         ),
     )
