@@ -327,13 +327,16 @@ def lars(
     v.check_in_range("lars", "momentum", momentum, 0.0, 1.0, include_high=True)
     v.check_schedule_or_non_negative("lars", "weight_decay", weight_decay)
     with v.reraise_with_context("lars"):
-        return optax.chain(
-            add_decayed_weights(weight_decay, mask=weight_decay_mask),
-            scale_by_lars_trust_ratio(
-                trust_coefficient, eps, mask=trust_ratio_mask, axis_name=axis_name
+        return _named(
+            "lars",
+            optax.chain(
+                add_decayed_weights(weight_decay, mask=weight_decay_mask),
+                scale_by_lars_trust_ratio(
+                    trust_coefficient, eps, mask=trust_ratio_mask, axis_name=axis_name
+                ),
+                scale_by_learning_rate(learning_rate),
+                trace(momentum, nesterov, accumulator_dtype),
             ),
-            scale_by_learning_rate(learning_rate),
-            trace(momentum, nesterov, accumulator_dtype),
         )
 
 
@@ -371,7 +374,7 @@ def sgd(
             if momentum is not None
             else optax.identity()
         )
-        return optax.chain(momentum_tx, scale_by_learning_rate(learning_rate))
+        return _named("sgd", optax.chain(momentum_tx, scale_by_learning_rate(learning_rate)))
 
 
 def lion(
@@ -406,10 +409,13 @@ def lion(
     """
     v.check_schedule_or_non_negative("lion", "weight_decay", weight_decay)
     with v.reraise_with_context("lion"):
-        return optax.chain(
-            scale_by_lion(b1, b2, mu_dtype),
-            add_decayed_weights(weight_decay, mask),
-            scale_by_learning_rate(learning_rate),
+        return _named(
+            "lion",
+            optax.chain(
+                scale_by_lion(b1, b2, mu_dtype),
+                add_decayed_weights(weight_decay, mask),
+                scale_by_learning_rate(learning_rate),
+            ),
         )
 
 
@@ -453,10 +459,13 @@ def rmsprop(
     with v.reraise_with_context("rmsprop"):
         scaling = scale_by_stddev if centered else scale_by_rms
         momentum_tx = trace(momentum, nesterov) if momentum is not None else optax.identity()
-        return optax.chain(
-            scaling(decay, eps, initial_scale, eps_in_sqrt, bias_correction, nu_dtype=nu_dtype),
-            scale_by_learning_rate(learning_rate),
-            momentum_tx,
+        return _named(
+            "rmsprop",
+            optax.chain(
+                scaling(decay, eps, initial_scale, eps_in_sqrt, bias_correction, nu_dtype=nu_dtype),
+                scale_by_learning_rate(learning_rate),
+                momentum_tx,
+            ),
         )
 
 
@@ -492,18 +501,21 @@ def radam(
     Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", 2020.
     """
     with v.reraise_with_context("radam"):
-        return optax.chain(
-            scale_by_radam(
-                b1,
-                b2,
-                eps,
-                eps_root,
-                threshold,
-                nesterov=nesterov,
-                mu_dtype=mu_dtype,
-                nu_dtype=nu_dtype,
+        return _named(
+            "radam",
+            optax.chain(
+                scale_by_radam(
+                    b1,
+                    b2,
+                    eps,
+                    eps_root,
+                    threshold,
+                    nesterov=nesterov,
+                    mu_dtype=mu_dtype,
+                    nu_dtype=nu_dtype,
+                ),
+                scale_by_learning_rate(learning_rate),
             ),
-            scale_by_learning_rate(learning_rate),
         )
 
 
@@ -534,9 +546,12 @@ def adagrad(
     Reference: Duchi et al., "Adaptive Subgradient Methods for Online Learning", 2011.
     """
     with v.reraise_with_context("adagrad"):
-        return optax.chain(
-            scale_by_rss(initial_accumulator_value, eps, accumulator_dtype=accumulator_dtype),
-            scale_by_learning_rate(learning_rate),
+        return _named(
+            "adagrad",
+            optax.chain(
+                scale_by_rss(initial_accumulator_value, eps, accumulator_dtype=accumulator_dtype),
+                scale_by_learning_rate(learning_rate),
+            ),
         )
 
 
@@ -588,18 +603,21 @@ def adopt(
     Optimal Rate", 2024.
     """
     with v.reraise_with_context("adopt"):
-        return optax.chain(
-            scale_by_adopt(
-                b1,
-                b2,
-                eps,
-                mu_dtype,
-                nesterov=nesterov,
-                use_clipping=use_clipping,
-                clip_value_fn=clip_value_fn,
-                nu_dtype=nu_dtype,
+        return _named(
+            "adopt",
+            optax.chain(
+                scale_by_adopt(
+                    b1,
+                    b2,
+                    eps,
+                    mu_dtype,
+                    nesterov=nesterov,
+                    use_clipping=use_clipping,
+                    clip_value_fn=clip_value_fn,
+                    nu_dtype=nu_dtype,
+                ),
+                scale_by_learning_rate(learning_rate),
             ),
-            scale_by_learning_rate(learning_rate),
         )
 
 
