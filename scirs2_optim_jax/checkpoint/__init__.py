@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from scirs2_optim_jax.checkpoint.errors import CheckpointCorruptError
+    from scirs2_optim_jax.checkpoint.errors import CheckpointCorruptError, CheckpointSaveError
     from scirs2_optim_jax.checkpoint.layout import Layout, opt_state_layout
     from scirs2_optim_jax.checkpoint.manager import (
         CheckpointInfo,
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # Public name -> the module that defines it.
 _EXPORTS = {
     "CheckpointCorruptError": "errors",
+    "CheckpointSaveError": "errors",
     "CheckpointInfo": "manager",
     "CheckpointManager": "manager",
     "CheckpointState": "manager",
@@ -39,6 +40,7 @@ __all__ = [
     "CheckpointCorruptError",
     "CheckpointInfo",
     "CheckpointManager",
+    "CheckpointSaveError",
     "CheckpointState",
     "Layout",
     "PreemptionGuard",

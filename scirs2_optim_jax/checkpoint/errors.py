@@ -1,8 +1,8 @@
-"""The errors a checkpoint can raise when it cannot be trusted."""
+"""The errors a checkpoint can raise when it cannot be trusted or could not be written."""
 
 from __future__ import annotations
 
-__all__ = ["CheckpointCorruptError", "short_reason"]
+__all__ = ["CheckpointCorruptError", "CheckpointSaveError", "short_reason"]
 
 
 class CheckpointCorruptError(ValueError):
@@ -39,3 +39,31 @@ def short_reason(err: BaseException) -> str:
     """
     text = str(err).split(" [tensorstore_spec")[0]
     return f"{type(err).__name__}: {text[:400]}"
+
+
+class CheckpointSaveError(RuntimeError):
+    """A save that ran in the background failed; raised by the next call on the manager.
+
+    The step was not committed (a committed checkpoint is never partial), and the failure
+    was also logged when it happened. The original exception is the ``__cause__``.
+
+    Attributes:
+        step: the step whose save failed.
+        directory: the checkpoint directory.
+
+    Example:
+        >>> err = CheckpointSaveError(7, "/ckpt", OSError("disk full"))
+        >>> str(err)
+        'saving checkpoint step 7 in /ckpt failed in the background: OSError: disk full'
+    """
+
+    def __init__(self, step: int, directory: str, cause: BaseException) -> None:
+        self.step = step
+        self.directory = directory
+        super().__init__(
+            f"saving checkpoint step {step} in {directory} failed in the background: "
+            f"{short_reason(cause)}"
+        )
+
+    def __reduce__(self) -> tuple:
+        return (RuntimeError, (str(self),))

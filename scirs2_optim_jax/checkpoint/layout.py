@@ -20,7 +20,7 @@ import numpy as np
 from scirs2_optim_jax.checkpoint import treespec as ts
 from scirs2_optim_jax.parallel.placement import to_host as gather_to_host
 
-__all__ = ["Layout", "as_layout", "from_host", "opt_state_layout", "to_host"]
+__all__ = ["Layout", "as_layout", "from_host", "host_arrays", "opt_state_layout", "to_host"]
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,16 @@ def opt_state_layout(
 
 
 def to_host(path: str, leaf: Any) -> np.ndarray:
-    """Returns a host copy of one leaf at its full logical shape (typed keys as key data).
+    """Returns the host array of one leaf at its full logical shape (typed keys as key data),
+    safe to write while the caller goes on.
 
-    A sharded ``jax.Array`` is gathered, also from other processes in a multi-process run
-    (so every process must call it, in the same order); a replicated one is read from a
-    local replica. The copy is private, so the caller may donate or overwrite the device
-    buffers while an asynchronous save writes it.
+    A ``jax.Array`` is immutable: when it already lives in host memory (the CPU backend) the
+    result references its buffer, with no copy (JAX then declines to donate that buffer to a
+    computation while the reference lives, so donating it stays safe), and an accelerator's
+    array is copied to the host. A sharded array is gathered, also from other processes in a
+    multi-process run (so every process must call it, in the same order); a replicated one
+    is read from a local replica. A numpy array, which the caller may change in place, is
+    copied.
 
     Example:
         >>> import jax.numpy as jnp
@@ -117,10 +121,14 @@ def to_host(path: str, leaf: Any) -> np.ndarray:
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
         if not leaf.is_fully_addressable:
-            # A multi-process array: a replica is copied from this process's devices, a
+            # A multi-process array: a replica is read from this process's devices, a
             # sharded one is gathered from every process (a collective: all of them save).
-            return np.array(gather_to_host(leaf), copy=True)
-        return np.array(leaf, copy=True)
+            return np.asarray(gather_to_host(leaf))
+        if len(leaf.sharding.device_set) == 1:
+            # A fresh view of the one buffer: a host copy numpy conversion may cache stays
+            # with it, not with the caller's array.
+            return np.asarray(leaf.addressable_data(0))
+        return np.asarray(leaf)
     if isinstance(leaf, np.ndarray):
         return np.array(leaf, copy=True)
     if isinstance(leaf, np.generic):
@@ -132,6 +140,21 @@ def to_host(path: str, leaf: Any) -> np.ndarray:
     if isinstance(leaf, float):
         return np.asarray(leaf, dtype=np.float64)
     raise TypeError(f"cannot checkpoint the leaf at {path}: a {type(leaf).__name__}")
+
+
+def host_arrays(paths: list[str], leaves: list[Any]) -> list[np.ndarray]:
+    """:func:`to_host` of every leaf, with all device-to-host transfers started first.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> [a.tolist() for a in host_arrays(["['a']", "['b']"], [jnp.ones(2), np.zeros(1)])]
+        [[1.0, 1.0], [0.0]]
+    """
+    for leaf in leaves:
+        off_host = isinstance(leaf, jax.Array) and leaf.is_fully_addressable
+        if off_host and any(d.platform != "cpu" for d in leaf.sharding.device_set):
+            leaf.copy_to_host_async()
+    return [to_host(path, leaf) for path, leaf in zip(paths, leaves, strict=True)]
 
 
 def _sharding_of(target: Any) -> Any:

@@ -10,14 +10,19 @@ interval and the retention policies. The manager orchestrates what a long run ne
   differently in memory, such as ZeRO's (``layout``);
 * types that survive: a JSON description of the tree rebuilds NamedTuples, Flax structures,
   typed PRNG keys and Python scalars with or without a target (``treespec``, ``rebuild``);
-* integrity: a manifest of sha256 checksums, committed with the data and checked on every
-  restore (``integrity``); ``restore()`` without a step skips bad checkpoints, newest first,
-  and logs them;
+* integrity: a manifest of checksums (XXH3-128), committed with the data and checked on
+  every restore (``integrity``); ``restore()`` without a step skips bad checkpoints, newest
+  first, and logs them;
+* saves that cost the training loop little: ``save()`` returns once the arrays are safely
+  on the host (referenced where they already are and cannot change), and the checksums, the
+  writes and the commit run in a background thread (``writer``), with no second host copy
+  of the state;
 * safety: steps are integers inside the directory, a committed step is never overwritten,
   nothing is deserialised by code execution.
 
 One checkpoint is the step directory ``<directory>/<step>/`` with three Orbax items:
-``state/`` (the arrays), ``meta/meta.json`` (tree description, config, metrics) and
+``state/`` (the arrays, under the state's own tree paths, so plain Orbax reads them:
+``storage``), ``meta/meta.json`` (tree description, config, metrics) and
 ``manifest/manifest.json`` (checksums); ``metadata`` describes them.
 
 In a multi-process run (after ``jax.distributed.initialize``) every process makes the same
@@ -32,7 +37,9 @@ state on every host is the price: fine for states that fit in host memory.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
+import functools
 import logging
 import os
 import shutil
@@ -45,7 +52,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from scirs2_optim_jax.checkpoint import integrity
+from scirs2_optim_jax.checkpoint import integrity, storage
 from scirs2_optim_jax.checkpoint import layout as layout_lib
 from scirs2_optim_jax.checkpoint import metadata as md
 from scirs2_optim_jax.checkpoint import treespec as ts
@@ -53,6 +60,12 @@ from scirs2_optim_jax.checkpoint.errors import CheckpointCorruptError
 from scirs2_optim_jax.checkpoint.metadata import MANIFEST, MANIFEST_FILE, META, META_FILE, STATE
 from scirs2_optim_jax.checkpoint.rebuild import build_state
 from scirs2_optim_jax.checkpoint.retention import DELETED, Retention, orbax_options
+from scirs2_optim_jax.checkpoint.writer import (
+    BackgroundSaves,
+    ManifestHandler,
+    ManifestSave,
+    PendingManifest,
+)
 from scirs2_optim_jax.validation import check_bool, check_int
 
 __all__ = ["CheckpointInfo", "CheckpointManager", "CheckpointState", "Restored"]
@@ -181,9 +194,11 @@ def _is_primary() -> bool:
 class CheckpointManager:
     """Saves and restores verified, canonical checkpoints of a training run with Orbax.
 
-    Saves are asynchronous by default: :meth:`save` copies the state to the host, computes
-    its checksums, starts the write and returns; the next save, :meth:`wait` or
-    :meth:`close` waits for it. A checkpoint appears only once all of it is committed.
+    Saves are asynchronous by default: :meth:`save` takes the state's host arrays and
+    returns; checksums, writes and the commit run in a background thread, and the next save,
+    :meth:`wait`, :meth:`close` or restore waits for it. A failure there is logged and
+    raised by the next call (:class:`~scirs2_optim_jax.checkpoint.errors.CheckpointSaveError`).
+    A checkpoint appears only once all of it is committed.
 
     In a multi-process run, every process creates its manager on the same shared directory
     and makes the same calls (module doc); process 0 writes.
@@ -243,16 +258,26 @@ class CheckpointManager:
             raise ValueError(f"{fn}: directory {path} exists and is not a directory")
         self.directory = path
         self._read_only = read_only
+        self._async = async_save
         self._best_metric = retention.best_metric
+        # In one process, Orbax writes synchronously in the manager's own background thread
+        # (``writer``); in several, Orbax's asynchronous save does (``_start_save``).
+        self._threaded = jax.process_count() == 1
         self._mgr = ocp.CheckpointManager(
             path,
-            options=orbax_options(self._interval, retention, async_save, read_only),
+            options=orbax_options(
+                self._interval, retention, async_save and not self._threaded, read_only
+            ),
             item_names=(STATE, META, MANIFEST),
             item_handlers={
-                STATE: ocp.StandardCheckpointHandler(),
+                STATE: storage.write_handler(),
                 META: ocp.JsonCheckpointHandler(filename=META_FILE),
-                MANIFEST: ocp.JsonCheckpointHandler(filename=MANIFEST_FILE),
+                MANIFEST: ManifestHandler(filename=MANIFEST_FILE),
             },
+        )
+        self._saves = BackgroundSaves(str(path))
+        self._hash_pool = concurrent.futures.ThreadPoolExecutor(
+            integrity.hash_workers(), thread_name_prefix="scirs2-ckpt-hash"
         )
 
     # -- context manager ---------------------------------------------------------------
@@ -268,13 +293,20 @@ class CheckpointManager:
     def all_steps(self) -> list[int]:
         """Returns the committed steps (and one being saved), oldest first.
 
+        Raises:
+            CheckpointSaveError: a background save has failed since the last call.
+
         Example:
             >>> import tempfile
             >>> with tempfile.TemporaryDirectory() as tmp, CheckpointManager(tmp) as mgr:
             ...     mgr.all_steps()
             []
         """
-        return sorted(int(s) for s in self._mgr.all_steps())
+        self._saves.check()
+        steps = {int(s) for s in self._mgr.all_steps()}
+        if self._saves.step is not None:
+            steps.add(self._saves.step)
+        return sorted(steps)
 
     def latest_step(self) -> int | None:
         """Returns the newest step, or None when there is none (it may fail verification).
@@ -299,6 +331,10 @@ class CheckpointManager:
             (True, False)
         """
         step = check_int("CheckpointManager.should_save", "step", step, 0)
+        self._saves.check()
+        in_flight = self._saves.step
+        if in_flight is not None and step <= in_flight:
+            return False
         return bool(self._mgr.should_save(step))
 
     def step_path(self, step: int) -> Path:
@@ -335,10 +371,15 @@ class CheckpointManager:
     ) -> bool:
         """Saves ``state`` as step ``step``, asynchronously unless ``async_save=False``.
 
-        The state is converted to its canonical layout (``layout.to_canonical``, then every
-        array copied to the host at its full logical shape), checksummed, and handed to
-        Orbax, which commits the step atomically. The caller may change or donate the state's
-        buffers as soon as this returns.
+        On the caller's thread, the state is converted to its canonical layout
+        (``layout.to_canonical``) and its host arrays are taken at their full logical
+        shapes: numpy arrays (which the caller may change) and accelerator arrays are copied
+        to the host, while JAX arrays already in host memory are referenced, not copied
+        (they cannot change, and JAX does not donate a buffer that is referenced). The
+        caller may change or donate the state's buffers as soon as this returns. In the
+        background, a thread pool hashes those arrays while Orbax writes them, and Orbax
+        commits the step atomically with its manifest. A save still in flight is waited for
+        first.
 
         Args:
             step: the training step, an integer >= 0; a step that is already committed is
@@ -357,6 +398,8 @@ class CheckpointManager:
 
         Raises:
             ValueError, TypeError: bad arguments or an existing committed step, naming them.
+            CheckpointSaveError: the previous save failed in the background (this one is not
+                started).
         """
         fn = "CheckpointManager.save"
         step = check_int(fn, "step", step, 0)
@@ -379,32 +422,58 @@ class CheckpointManager:
         if converter is not None:
             state = converter.to_canonical(state)
         self._start_save(step, state, metrics, config)
+        if not self._async:
+            self.wait()
         return True
 
     def _start_save(
         self, step: int, state: Any, metrics: dict[str, float] | None, config: Any
     ) -> None:
-        """Copies the canonical ``state`` to the host, checksums it and hands it to Orbax."""
+        """Takes the canonical ``state``'s host arrays and starts the background save."""
         description = ts.describe_tree(state)
         leaves = jax.tree.leaves(state)
-        arrays = {
-            md.leaf_name(i): layout_lib.to_host(spec.path, leaf)
-            for i, (spec, leaf) in enumerate(zip(description.leaves, leaves, strict=True))
-        }
-        meta = md.build_meta(step, description, metrics, config)
-        manifest = integrity.build_manifest(step, arrays, meta)
-        self._mgr.save(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    STATE: ocp.args.StandardSave(arrays),
-                    META: ocp.args.JsonSave(meta),
-                    MANIFEST: ocp.args.JsonSave(manifest),
-                }
-            ),
-            metrics=metrics,
-            force=True,
+        host = layout_lib.host_arrays([spec.path for spec in description.leaves], leaves)
+        tree, paths = storage.storage_tree(state, host)
+        meta = md.build_meta(step, description, metrics, config, paths)
+        names = [md.storage_name(path) for path in paths]
+        manifest = PendingManifest(step, names, host, meta, self._hash_pool)
+        args = ocp.args.Composite(
+            **{
+                STATE: storage.save_args(tree),
+                META: ocp.args.JsonSave(meta),
+                MANIFEST: ManifestSave(manifest),
+            }
         )
+
+        if self._threaded:
+            # One process: all of Orbax's work runs in the background thread.
+            def write() -> None:
+                try:
+                    self._mgr.save(step, args=args, metrics=metrics, force=True)
+                except BaseException:
+                    self._mgr.reload()  # the step is not committed: forget it
+                    raise
+                self._purge_deleted()
+
+            self._saves.start(step, write)
+            return
+        # Several processes: the barriers Orbax's save() starts with are device collectives,
+        # which every process must issue from the thread that runs the training steps, in
+        # the same order; Orbax's own background thread (whose barriers go through JAX's
+        # coordination service) then writes and commits, and ours waits for it.
+        self._mgr.save(step, args=args, metrics=metrics, force=True)
+        self._saves.start(step, functools.partial(self._finish_orbax_save, step))
+
+    def _finish_orbax_save(self, step: int) -> None:
+        """Waits for Orbax's asynchronous save of ``step``; raises unless it committed."""
+        try:
+            self._mgr.wait_until_finished()
+            if not self.step_path(step).is_dir():
+                raise RuntimeError(f"Orbax did not commit step {step}; see its log")
+        except BaseException:
+            self._mgr.reload()
+            raise
+        self._purge_deleted()
 
     def _move_aside_or_refuse(self, step: int) -> None:
         """Quarantines the committed ``step`` if it fails verification, else refuses it."""
@@ -492,7 +561,7 @@ class CheckpointManager:
 
     def _restore_candidates(self, fn: str, step: int | None) -> list[int]:
         """The steps :meth:`restore` tries in order: ``step``, or every step newest first."""
-        self._mgr.wait_until_finished()
+        self.wait()
         steps = self.all_steps()
         if step is None:
             if not steps:
@@ -507,8 +576,7 @@ class CheckpointManager:
         return [step]
 
     def _restore_step(self, step: int, target: Any, params_only: bool, placement: Any) -> Restored:
-        meta, description, arrays = self._verified(step)
-        values = [arrays[md.leaf_name(i)] for i in range(len(description.leaves))]
+        meta, description, values = self._verified(step)
         state = build_state(
             step,
             self.directory,
@@ -537,7 +605,7 @@ class CheckpointManager:
             ...         mgr.verify(0)
         """
         step = check_int("CheckpointManager.verify", "step", step, 0)
-        self._mgr.wait_until_finished()
+        self.wait()
         if step not in self.all_steps():
             raise FileNotFoundError(
                 f"CheckpointManager.verify: no committed checkpoint for step {step} in "
@@ -556,7 +624,7 @@ class CheckpointManager:
             ...         [(i.step, i.metrics, i.ok) for i in mgr.info()]
             [(4, {'loss': 0.5}, True)]
         """
-        self._mgr.wait_until_finished()
+        self.wait()
         out = []
         for step in self.all_steps():
             path = self.step_path(step)
@@ -578,19 +646,30 @@ class CheckpointManager:
             step_dir = self.step_path(step)
         except ValueError as err:
             raise CheckpointCorruptError(step, str(self.directory / str(step)), str(err)) from None
-        return integrity.verify_step(step, step_dir)
+        return integrity.verify_step(step, step_dir, self._hash_pool)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def wait(self) -> None:
-        """Blocks until the save in flight (if any) is committed; re-raises its error."""
-        self._mgr.wait_until_finished()
-        self._purge_deleted()
+        """Blocks until the save in flight (if any) is committed.
+
+        Raises:
+            CheckpointSaveError: that save (or an earlier one not yet reported) failed.
+        """
+        self._saves.wait()
 
     def close(self) -> None:
-        """Waits for the save in flight, then releases Orbax's threads and files."""
-        self._mgr.close()
-        self._purge_deleted()
+        """Waits for the save in flight, then releases the threads and Orbax's files.
+
+        Raises:
+            CheckpointSaveError: the last save failed (everything is released anyway).
+        """
+        try:
+            self._saves.close()
+        finally:
+            self._hash_pool.shutdown(wait=True)
+            self._mgr.close()
+            self._purge_deleted()
 
     def _purge_deleted(self) -> None:
         if not self._read_only and _is_primary():

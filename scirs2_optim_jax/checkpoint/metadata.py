@@ -2,13 +2,20 @@
 
 A checkpoint is the step directory ``<directory>/<step>/`` with three Orbax items:
 
-* ``state/``: the arrays of the canonical state, named ``leaf_00000``, ``leaf_00001``, ...
-  in the order of ``jax.tree.leaves``;
+* ``state/``: the arrays of the canonical state, stored under the state's own tree paths
+  (``params/dense/kernel``, ``opt_state/1/0/mu/dense/kernel``, ...; see
+  :mod:`~scirs2_optim_jax.checkpoint.storage`), so plain Orbax reads them as a nested tree;
 * ``meta/meta.json``: the step metadata, a JSON object with ``format``, ``step``, ``tree``
-  (the description of the tree, :mod:`~scirs2_optim_jax.checkpoint.treespec`), ``metrics``
-  (name -> number, or null) and ``config`` (the run config, plain JSON);
-* ``manifest/manifest.json``: the checksums of the arrays and of the metadata
+  (the description of the tree, :mod:`~scirs2_optim_jax.checkpoint.treespec`), ``arrays``
+  (where each leaf is stored: its storage path as a list of keys, in leaf order),
+  ``metrics`` (name -> number, or null) and ``config`` (the run config, plain JSON);
+* ``manifest/manifest.json``: the checksums of the arrays and of the metadata, and the
+  name of the hash that made them
   (:mod:`~scirs2_optim_jax.checkpoint.integrity` builds and checks them).
+
+Steps of the first format (:data:`FORMAT_V1`) stored every leaf under a flat name
+(``leaf_00000``, ``leaf_00001``, ... in the order of ``jax.tree.leaves``) and have no
+``arrays`` entry; they still restore.
 
 This module checks what a save puts into the metadata, builds it, and reads the JSON files
 back, raising :class:`~scirs2_optim_jax.checkpoint.CheckpointCorruptError` for a file that is
@@ -30,6 +37,7 @@ from scirs2_optim_jax.checkpoint.errors import CheckpointCorruptError, short_rea
 
 __all__ = [
     "FORMAT",
+    "FORMAT_V1",
     "MANIFEST",
     "MANIFEST_FILE",
     "META",
@@ -43,21 +51,35 @@ __all__ = [
     "meta_file",
     "read_description",
     "read_json",
+    "read_storage_paths",
+    "storage_name",
 ]
 
-FORMAT = "scirs2_optim_jax.checkpoint/1"
+FORMAT = "scirs2_optim_jax.checkpoint/2"
+FORMAT_V1 = "scirs2_optim_jax.checkpoint/1"
 STATE, META, MANIFEST = "state", "meta", "manifest"
 META_FILE, MANIFEST_FILE = "meta.json", "manifest.json"
 
 
 def leaf_name(index: int) -> str:
-    """The storage name of the ``index``-th leaf of the state.
+    """The flat storage name of the ``index``-th leaf of the state (:data:`FORMAT_V1`, and
+    states whose tree paths cannot name their arrays).
 
     Example:
         >>> leaf_name(7)
         'leaf_00007'
     """
     return f"leaf_{index:05d}"
+
+
+def storage_name(path: tuple[str | int, ...] | list[str | int]) -> str:
+    """The name of the array stored at ``path`` in the manifest: its keys joined by ``/``.
+
+    Example:
+        >>> storage_name(("opt_state", 1, 0, "mu", "w"))
+        'opt_state/1/0/mu/w'
+    """
+    return "/".join(str(key) for key in path)
 
 
 def meta_file(step_dir: Path) -> Path:
@@ -150,7 +172,11 @@ def _check_json(fn: str, name: str, value: Any, path: str) -> None:
 
 
 def build_meta(
-    step: int, description: ts.TreeDescription, metrics: dict[str, float] | None, config: Any
+    step: int,
+    description: ts.TreeDescription,
+    metrics: dict[str, float] | None,
+    config: Any,
+    paths: list[tuple[str | int, ...]],
 ) -> dict[str, Any]:
     """Returns the metadata saved as ``meta/meta.json`` of step ``step``.
 
@@ -159,16 +185,18 @@ def build_meta(
         description: the description of the saved tree.
         metrics: the checked metrics snapshot, or None.
         config: the checked run config.
+        paths: where each leaf is stored in the ``state`` item, in leaf order.
 
     Example:
-        >>> meta = build_meta(3, ts.describe_tree({"w": 1.0}), {"loss": 0.5}, None)
-        >>> meta["format"], meta["step"], meta["metrics"]
-        ('scirs2_optim_jax.checkpoint/1', 3, {'loss': 0.5})
+        >>> meta = build_meta(3, ts.describe_tree({"w": 1.0}), {"loss": 0.5}, None, [("w",)])
+        >>> meta["format"], meta["step"], meta["arrays"], meta["metrics"]
+        ('scirs2_optim_jax.checkpoint/2', 3, [['w']], {'loss': 0.5})
     """
     return {
         "format": FORMAT,
         "step": step,
         "tree": description.to_json(),
+        "arrays": [list(path) for path in paths],
         "metrics": metrics,
         "config": config,
     }
@@ -209,7 +237,7 @@ def read_description(step: int, file: Path, meta: dict[str, Any]) -> ts.TreeDesc
         CheckpointCorruptError: the metadata has no valid description.
 
     Example:
-        >>> meta = build_meta(0, ts.describe_tree({"w": 1.0}), None, None)
+        >>> meta = build_meta(0, ts.describe_tree({"w": 1.0}), None, None, [("w",)])
         >>> [leaf.path for leaf in read_description(0, Path("meta.json"), meta).leaves]
         ["['w']"]
     """
@@ -217,3 +245,47 @@ def read_description(step: int, file: Path, meta: dict[str, Any]) -> ts.TreeDesc
         return ts.TreeDescription.from_json(meta["tree"])
     except (KeyError, ValueError) as err:
         raise CheckpointCorruptError(step, str(file), str(err)) from None
+
+
+def read_storage_paths(
+    step: int, file: Path, meta: dict[str, Any], num_leaves: int
+) -> list[tuple[str | int, ...]]:
+    """Where each of the ``num_leaves`` leaves is stored, from the metadata ``meta``.
+
+    A :data:`FORMAT_V1` step has flat names (:func:`leaf_name`); a later one lists the
+    storage path of every leaf, a non-empty list of string keys and integer indices.
+
+    Raises:
+        CheckpointCorruptError: the list is missing, malformed, of another length, or names
+            two leaves alike.
+
+    Example:
+        >>> meta = build_meta(0, ts.describe_tree({"w": 1.0}), None, None, [("w",)])
+        >>> read_storage_paths(0, Path("meta.json"), meta, 1)
+        [('w',)]
+        >>> read_storage_paths(0, Path("meta.json"), {"format": FORMAT_V1}, 2)
+        [('leaf_00000',), ('leaf_00001',)]
+    """
+    if meta.get("format") == FORMAT_V1:
+        return [(leaf_name(i),) for i in range(num_leaves)]
+    paths = meta.get("arrays")
+    if not isinstance(paths, list) or len(paths) != num_leaves:
+        raise CheckpointCorruptError(
+            step, str(file), f"expected the storage paths of {num_leaves} arrays"
+        )
+    out: list[tuple[str | int, ...]] = []
+    for path in paths:
+        valid = (
+            isinstance(path, list)
+            and path
+            and all(
+                isinstance(key, str) or (isinstance(key, int) and not isinstance(key, bool))
+                for key in path
+            )
+        )
+        if not valid:
+            raise CheckpointCorruptError(step, str(file), f"malformed storage path {path!r}")
+        out.append(tuple(path))
+    if len({storage_name(path) for path in out}) != len(out):
+        raise CheckpointCorruptError(step, str(file), "two arrays share a storage path")
+    return out

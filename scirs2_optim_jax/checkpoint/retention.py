@@ -50,14 +50,16 @@ def orbax_options(
     Args:
         interval: a save is written only at steps that are multiples of it (unless forced).
         retention: the rules (module doc).
-        async_save: write in the background or block until committed.
+        async_save: Orbax writes in its own background thread; False when the manager calls
+            it from its own (:mod:`~scirs2_optim_jax.checkpoint.writer`), or for a save
+            that blocks until committed.
         read_only: options that list, verify and restore only (the rules do not matter).
 
     Example:
         >>> keep_3 = Retention(3, None, None, None, "min")
-        >>> options = orbax_options(10, keep_3, async_save=True, read_only=False)
+        >>> options = orbax_options(10, keep_3, async_save=False, read_only=False)
         >>> options.todelete_subdir, options.enable_async_checkpointing
-        ('.deleted', True)
+        ('.deleted', False)
     """
     if read_only:
         # Lists, verifies and restores only: creates, cleans and deletes nothing.

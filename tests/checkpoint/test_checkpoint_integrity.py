@@ -14,11 +14,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from scirs2_optim_jax.checkpoint import CheckpointCorruptError, CheckpointManager, CheckpointState
 from scirs2_optim_jax.checkpoint.commands import add_parser
-from scirs2_optim_jax.checkpoint.integrity import array_sha256, json_sha256
+from scirs2_optim_jax.checkpoint.integrity import array_digest, json_digest
 
 
 def _save_steps(directory: Path, steps: tuple[int, ...] = (1, 2, 3)) -> None:
@@ -87,10 +88,13 @@ def _swap_arrays_from_step_1(step_dir: Path) -> Path:
 CORRUPTIONS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "truncated data file": (_truncate_data, "OUT_OF_RANGE|DATA_LOSS"),
     "flipped data byte": (_flip_data, "Error decoding|DATA_LOSS"),
-    "edited metadata": (_edit_metadata, "sha256 does not match the manifest"),
+    "edited metadata": (_edit_metadata, "its xxh3_128 checksum does not match the manifest"),
     "missing manifest": (_drop_manifest, "missing"),
     "truncated manifest": (_truncate_manifest, "not valid JSON"),
-    "arrays from another step": (_swap_arrays_from_step_1, r"\['b'\] does not match its sha256"),
+    "arrays from another step": (
+        _swap_arrays_from_step_1,
+        r"the array b for \['b'\] does not match its xxh3_128 checksum",
+    ),
 }
 
 
@@ -130,17 +134,19 @@ def test_manifest_has_a_checksum_per_array_and_for_the_metadata(tmp_path: Path) 
     _save_steps(tmp_path, (4,))
     manifest = json.loads((tmp_path / "4" / "manifest" / "manifest.json").read_text())
     meta = json.loads((tmp_path / "4" / "meta" / "meta.json").read_text())
-    assert manifest["step"] == 4
+    assert manifest["step"] == 4 and manifest["hash"] == "xxh3_128"
     assert manifest["arrays"] == {
-        "leaf_00000": array_sha256(np.arange(5) * 4),
-        "leaf_00001": array_sha256(np.full((64, 32), 4, np.float32)),
+        "b": array_digest(np.arange(5) * 4),
+        "w": array_digest(np.full((64, 32), 4, np.float32)),
     }
-    assert manifest["metadata_sha256"] == json_sha256(meta)
+    assert manifest["metadata_hash"] == json_digest(meta)
+    assert meta["arrays"] == [["b"], ["w"]]
 
 
-# The metadata and manifest of one step as the first release of the format wrote them.
-# Checkpoints written then must keep restoring, so a save must still write exactly this.
-_GOLDEN_META = {
+# The metadata and manifest of one step as the first format (sha256, flat names) wrote them.
+# Checkpoints written then must keep restoring: test_first_format_steps_still_restore writes
+# this step the way that format's save did and restores it.
+V1_META = {
     "format": "scirs2_optim_jax.checkpoint/1",
     "step": 5,
     "tree": {
@@ -204,7 +210,7 @@ _GOLDEN_META = {
     "metrics": {"loss": 0.25},
     "config": {"lr": 0.1},
 }
-_GOLDEN_MANIFEST = {
+V1_MANIFEST = {
     "format": "scirs2_optim_jax.checkpoint/1",
     "step": 5,
     "arrays": {
@@ -214,6 +220,28 @@ _GOLDEN_MANIFEST = {
         "leaf_00003": "1a58d947d9c46434a9a7d204c1a8eae9171d2ff39f5583ef8e668cb8cc4202d9",
     },
     "metadata_sha256": "bbbc775c6a6a3231205ce029386d456e40320ce51b2a5d0278915006e7a3ce9c",
+}
+
+
+# The same step in the current format: the metadata adds where each array is stored (its tree
+# path), the manifest names its hash. Checkpoints written now must keep restoring, so a save
+# must still write exactly this.
+_GOLDEN_META = {
+    **V1_META,
+    "format": "scirs2_optim_jax.checkpoint/2",
+    "arrays": [["params", "w"], ["opt_state", 0], ["rng"], ["data_position", "epoch"]],
+}
+_GOLDEN_MANIFEST = {
+    "format": "scirs2_optim_jax.checkpoint/2",
+    "step": 5,
+    "hash": "xxh3_128",
+    "arrays": {
+        "params/w": "449d52a26b88fa475ed3a0a1cd1dde33",
+        "opt_state/0": "baceb5580f28d7b5bf163de4a02eba79",
+        "rng": "6fde84c18993bd6cab72e1a4cf27a685",
+        "data_position/epoch": "df2e53f3969625e1c1873f7593ccb275",
+    },
+    "metadata_hash": "7aeb6a3b6634e9d86d9c04d62e5434d5",
 }
 
 
@@ -229,6 +257,66 @@ def test_on_disk_metadata_and_manifest_are_stable(tmp_path: Path) -> None:
     assert manifest == _GOLDEN_MANIFEST
     assert type(restored.state) is CheckpointState
     assert restored.state.data_position == {"epoch": 1}
+
+
+def _write_first_format_step(directory: Path) -> None:
+    """Step 5 exactly as the first format's save wrote it: the arrays under flat names with
+    Orbax's StandardCheckpointHandler, the metadata and the sha256 manifest as JSON items."""
+    arrays = {
+        "leaf_00000": np.arange(3, dtype=np.float32),
+        "leaf_00001": np.asarray(np.int32(2)),
+        "leaf_00002": np.asarray(jax.random.key_data(jax.random.key(0))),
+        "leaf_00003": np.asarray(1, dtype=np.int64),
+    }
+    mgr = ocp.CheckpointManager(
+        directory,
+        item_names=("state", "meta", "manifest"),
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(filename="meta.json"),
+            "manifest": ocp.JsonCheckpointHandler(filename="manifest.json"),
+        },
+    )
+    mgr.save(
+        5,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(arrays),
+            meta=ocp.args.JsonSave(V1_META),
+            manifest=ocp.args.JsonSave(V1_MANIFEST),
+        ),
+    )
+    mgr.close()
+
+
+def test_first_format_steps_still_restore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_first_format_step(tmp_path)
+    stored = ocp.StandardCheckpointer().restore(tmp_path / "5" / "state")
+    assert sorted(stored) == ["leaf_00000", "leaf_00001", "leaf_00002", "leaf_00003"]
+    with CheckpointManager(tmp_path, keep_last=2) as mgr:
+        mgr.verify(5)
+        old = mgr.restore(5)
+        assert type(old.state) is CheckpointState and old.metrics == {"loss": 0.25}
+        np.testing.assert_array_equal(old.state.params["w"], np.arange(3, dtype=np.float32))
+        assert old.state.opt_state == (np.int32(2),) and old.state.data_position == {"epoch": 1}
+        assert jax.random.key_data(old.state.rng).tolist() == [0, 0]
+        # A run resumed from it goes on in the current format, beside the old step.
+        mgr.save(6, old.state, {"loss": 0.2}, {"lr": 0.1})
+        assert mgr.restore().step == 6 and mgr.all_steps() == [5, 6]
+    assert json.loads((tmp_path / "6" / "manifest" / "manifest.json").read_text())["hash"] == (
+        "xxh3_128"
+    )
+    assert _cli(["ckpt", "verify", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["step 5: ok", "step 6: ok"]
+    _edit_metadata(tmp_path / "5")
+    with (
+        CheckpointManager(tmp_path) as mgr,
+        pytest.raises(
+            CheckpointCorruptError, match="its sha256 checksum does not match the manifest"
+        ),
+    ):
+        mgr.restore(5)
 
 
 def test_restore_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
