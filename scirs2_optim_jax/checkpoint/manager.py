@@ -38,12 +38,13 @@ state on every host is the price: fine for states that fit in host memory.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime
 import functools
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -71,6 +72,29 @@ from scirs2_optim_jax.validation import check_bool, check_int
 __all__ = ["CheckpointInfo", "CheckpointManager", "CheckpointState", "Restored"]
 
 logger = logging.getLogger(__name__)
+
+
+class _DropReadOnlyNotice(logging.Filter):
+    """Drops Orbax's "Given directory is read only" warning: read_only is what we asked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Given directory is read only" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notice(read_only: bool) -> Iterator[None]:
+    """While opening a directory read-only, Orbax's notice of that is not printed (it logs
+    it through absl on every open, which `scirs2-optim ckpt ls` would show on every call)."""
+    if not read_only:
+        yield
+        return
+    absl_logger, notice = logging.getLogger("absl"), _DropReadOnlyNotice()
+    absl_logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(notice)
+
 
 QUARANTINE = "quarantine"
 
@@ -263,18 +287,19 @@ class CheckpointManager:
         # In one process, Orbax writes synchronously in the manager's own background thread
         # (``writer``); in several, Orbax's asynchronous save does (``_start_save``).
         self._threaded = jax.process_count() == 1
-        self._mgr = ocp.CheckpointManager(
-            path,
-            options=orbax_options(
-                self._interval, retention, async_save and not self._threaded, read_only
-            ),
-            item_names=(STATE, META, MANIFEST),
-            item_handlers={
-                STATE: storage.write_handler(),
-                META: ocp.JsonCheckpointHandler(filename=META_FILE),
-                MANIFEST: ManifestHandler(filename=MANIFEST_FILE),
-            },
-        )
+        with _quiet_read_only_notice(read_only):
+            self._mgr = ocp.CheckpointManager(
+                path,
+                options=orbax_options(
+                    self._interval, retention, async_save and not self._threaded, read_only
+                ),
+                item_names=(STATE, META, MANIFEST),
+                item_handlers={
+                    STATE: storage.write_handler(),
+                    META: ocp.JsonCheckpointHandler(filename=META_FILE),
+                    MANIFEST: ManifestHandler(filename=MANIFEST_FILE),
+                },
+            )
         self._saves = BackgroundSaves(str(path))
         self._hash_pool = concurrent.futures.ThreadPoolExecutor(
             integrity.hash_workers(), thread_name_prefix="scirs2-ckpt-hash"

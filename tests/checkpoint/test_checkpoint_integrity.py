@@ -9,6 +9,8 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -429,3 +431,19 @@ def test_cli_reads_without_writing(tmp_path: Path, capsys: pytest.CaptureFixture
     assert _cli(["ckpt", "ls", str(tmp_path / "1" / "state")]) == 0
     assert "no checkpoints in" in capsys.readouterr().out
     assert os.listdir(tmp_path / "1" / "state")  # untouched
+
+
+def test_cli_ls_and_verify_print_no_read_only_notice(tmp_path: Path) -> None:
+    """Orbax's "Given directory is read only" warning is not shown on every call."""
+    _save_steps(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    for action in ("ls", "verify"):
+        done = subprocess.run(
+            [sys.executable, "-m", "scirs2_optim_jax", "ckpt", action, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "read only" not in done.stderr, done.stderr
