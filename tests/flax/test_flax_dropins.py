@@ -24,6 +24,8 @@ TXS = {
     "lamb": lambda: so.lamb(1e-2, weight_decay=0.01),
     "clip+adamw": lambda: so.chain(so.clip_by_global_norm(0.5), so.adamw(1e-2)),
     "sgd (no one-pass step)": lambda: so.sgd(1e-2, momentum=0.9),
+    "muon (no one-pass step)": lambda: so.muon(1e-2),
+    "adafactor (no one-pass step)": lambda: so.adafactor(1e-2),
 }
 
 
