@@ -42,6 +42,7 @@ from scirs2_optim_jax.engine import one_pass_step
 from scirs2_optim_jax.parallel.placement import put_on_mesh
 from scirs2_optim_jax.parallel.unit_axis import with_unit_axis
 from scirs2_optim_jax.parallel.zero import (
+    check_slices,
     gather_updates,
     reduce_gradients,
     shard_params,
@@ -259,10 +260,10 @@ def make_data_parallel_step(
                     opt_state
                 )
             # The one-pass step on this device's slices; the new parameter slices are
-            # gathered instead of the updates (the same traffic). The reductions check
-            # traces the chain's update, which computes the same thing.
+            # gathered instead of the updates (the same traffic). It computes what the
+            # chain computes, so the chain's checks apply.
             if check:
-                update_slices(tx, grad_slices, opt_state, params, axis_name, check=True)
+                check_slices(tx, grad_slices, opt_state, params, axis_name)
             param_slices = shard_params(params, axis_name)
             new_slices, opt_state = one_pass.apply(grad_slices, opt_state, param_slices)
             return gather_updates(new_slices, params, axis_name), opt_state

@@ -53,6 +53,7 @@ from scirs2_optim_jax.parallel.zero_layout import ZeroLayout
 from scirs2_optim_jax.transforms.shard_layout import use_layout
 
 __all__ = [
+    "check_slices",
     "gather_updates",
     "reduce_gradients",
     "shard_params",
@@ -246,41 +247,81 @@ def update_slices(
         ...     {"w": jnp.ones(2)})["w"].tolist()
         [-0.5, -0.5]
     """
-    logical = params if params_like is None else params_like
-    if logical is None:
-        raise ValueError(
-            "update_slices: pass params or params_like: the logical (whole) leaf shapes, which "
-            "shape-dependent transformations need and the check probes with"
-        )
-    layout = ZeroLayout(_structs(logical), axis_name)
+    layout = _slice_layout(params, params_like, axis_name, "update_slices")
     inner = optax.with_extra_args_support(tx)
     param_slices = None if params is None else shard_params(params, axis_name)
     update = functools.partial(inner.update, **extra_args)
     if check:
-        n = jax.lax.axis_size(axis_name)
-        if n > 1:  # on one device a slice is the whole (flat) leaf: nothing to complete
-            marks = (
-                jax.tree.map(lambda _: True, grad_slices),
-                _sharded_marks(state, grad_slices),
-                None if params is None else jax.tree.map(lambda _: True, param_slices),
-            )
-            try:
-                with use_layout(layout):
-                    check_shard_reductions(
-                        update, (grad_slices, state, param_slices), marks, axis_name, context="zero"
-                    )
-            except ShardReductionError as err:
-                parts = shape_dependent_parts(tx)
-                if not parts:
-                    raise
-                raise ShardReductionError(
-                    f"{err}. The optimizer also contains {', '.join(parts)}, which depends on "
-                    "the leaves' shapes and cannot run on ZeRO's flat slices (this package's "
-                    "muon and adafactor can)"
-                ) from None
-        check_shard_shapes(tx, logical, n, axis_name, extra_args=extra_args, context="zero")
+        check_slices(
+            tx, grad_slices, state, params, axis_name, params_like=params_like, **extra_args
+        )
     with use_layout(layout):
         return update(grad_slices, state, param_slices)
+
+
+def _slice_layout(params: Any, params_like: Any, axis_name: str, fn: str) -> ZeroLayout:
+    logical = params if params_like is None else params_like
+    if logical is None:
+        raise ValueError(
+            f"{fn}: pass params or params_like: the logical (whole) leaf shapes, which "
+            "shape-dependent transformations need and the check probes with"
+        )
+    return ZeroLayout(_structs(logical), axis_name)
+
+
+def check_slices(
+    tx: optax.GradientTransformation,
+    grad_slices: Any,
+    state: Any,
+    params: Any,
+    axis_name: str = "data",
+    *,
+    params_like: Any = None,
+    **extra_args: Any,
+) -> None:
+    """Raises unless ``tx`` is exact on this device's ZeRO slices (at trace time).
+
+    The checks :func:`update_slices` runs with ``check=True``: every reduction is completed
+    over ``axis_name`` (``ShardReductionError``) and the optimizer does not depend on the
+    leaves' shapes (``ShardShapeError``). Nothing is added to the traced computation.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, scirs2_optim_jax as so
+        >>> from jax.sharding import PartitionSpec as P
+        >>> mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+        >>> tx = so.adamw(0.1)
+        >>> def f(g):
+        ...     check_slices(tx, reduce_gradients(g), tx.init(shard_params(g)), g)
+        ...     return g
+        >>> jax.shard_map(f, mesh=mesh, in_specs=P(), out_specs=P())({"w": jnp.ones(2)})["w"].shape
+        (2,)
+    """
+    layout = _slice_layout(params, params_like, axis_name, "check_slices")
+    logical = params if params_like is None else params_like
+    update = functools.partial(optax.with_extra_args_support(tx).update, **extra_args)
+    param_slices = None if params is None else shard_params(params, axis_name)
+    n = jax.lax.axis_size(axis_name)
+    if n > 1:  # on one device a slice is the whole (flat) leaf: nothing to complete
+        marks = (
+            jax.tree.map(lambda _: True, grad_slices),
+            _sharded_marks(state, grad_slices),
+            None if params is None else jax.tree.map(lambda _: True, param_slices),
+        )
+        try:
+            with use_layout(layout):
+                check_shard_reductions(
+                    update, (grad_slices, state, param_slices), marks, axis_name, context="zero"
+                )
+        except ShardReductionError as err:
+            parts = shape_dependent_parts(tx)
+            if not parts:
+                raise
+            raise ShardReductionError(
+                f"{err}. The optimizer also contains {', '.join(parts)}, which depends on "
+                "the leaves' shapes and cannot run on ZeRO's flat slices (this package's "
+                "muon and adafactor can)"
+            ) from None
+    check_shard_shapes(tx, logical, n, axis_name, extra_args=extra_args, context="zero")
 
 
 def zero(
