@@ -177,10 +177,10 @@ def _clipped_step(tx: optax.GradientTransformation, chain: Chain) -> OnePassStep
         return None
 
     def apply(grads: Any, state: tuple[Any, ...], params: Any, grad_scale: Any = None) -> Any:
-        scale = jnp.ones([], jnp.float32) if grad_scale is None else grad_scale
+        scale = grad_scale  # None until a factor exists: the first norm reads grads as they are
         for clip in clips:
-            factor = _clip_factor(clip, _scaled(grads, scale))
-            scale = scale * factor.astype(jnp.float32)
+            factor = _clip_factor(clip, _scaled(grads, scale)).astype(jnp.float32)
+            scale = factor if scale is None else scale * factor
         new_params, last_state = last_step.apply(grads, state[-1], params, grad_scale=scale)
         # Clipping is stateless (EmptyState), so only the last slot changes.
         return new_params, (*state[:-1], last_state)
