@@ -6,8 +6,9 @@ the command line answers ``--help`` without starting JAX: the first core name
 (``so.adamw``, ``so.chain``, ``so.warmup_cosine``, ...) loads the core (transforms,
 optimizers, schedules, precision, resilience; jax, optax and numpy), which then costs what
 ``import optax`` costs. The other layers load on first use of one of their names:
-``parallel``, ``engine`` (and ``apply_gradients``), ``checkpoint`` (extra ``[checkpoint]``),
-``monitor`` (extra ``[monitor]``), ``config``, ``training``, ``bench`` and ``cli``.
+``parallel``, ``engine`` (``apply_gradients``, ``offload``), ``checkpoint`` (extra
+``[checkpoint]``), ``monitor`` (extra ``[monitor]``), ``config``, ``training``, ``bench``
+and ``cli``.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ _SUBPACKAGES = (
 # name -> the module it is loaded from on first access.
 _LAZY = {
     "apply_gradients": "scirs2_optim_jax.engine",
+    "offload": "scirs2_optim_jax.engine",
     "CheckpointCorruptError": "scirs2_optim_jax.checkpoint",
     "CheckpointManager": "scirs2_optim_jax.checkpoint",
     "CheckpointState": "scirs2_optim_jax.checkpoint",

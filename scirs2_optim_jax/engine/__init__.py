@@ -9,6 +9,25 @@ equal the core's ``update`` + ``optax.apply_updates`` (to float rounding) and th
 the core's own, so checkpoints and other optimizers' tools see no difference.
 """
 
+from scirs2_optim_jax.engine.memory import host_device, to_memory
+from scirs2_optim_jax.engine.offload import (
+    HostStep,
+    host_step,
+    offload,
+    offload_of,
+    place_state,
+)
 from scirs2_optim_jax.engine.onepass import OnePassStep, apply_gradients, one_pass_step
 
-__all__ = ["OnePassStep", "apply_gradients", "one_pass_step"]
+__all__ = [
+    "HostStep",
+    "OnePassStep",
+    "apply_gradients",
+    "host_device",
+    "host_step",
+    "offload",
+    "offload_of",
+    "one_pass_step",
+    "place_state",
+    "to_memory",
+]

@@ -12,7 +12,11 @@ same state structure. Recognised:
 - ``chain(clip_by_global_norm(...), ..., <one of those>)``: the clipping factors folded
   into that pass (one read of the gradients for the norm, none to scale them);
 - ``with_master_weights(<one of those>)``: master, moments and low-precision parameters
-  written in the same pass.
+  written in the same pass;
+- ``offload(<one of those>, compute="device")``: the same pass, the state streamed from
+  host memory and back around it. (``compute="host"`` is not a traced step: its
+  :class:`~scirs2_optim_jax.engine.offload.HostStep` runs between device programs, and
+  :func:`apply_gradients` calls it.)
 
 Anything else gets None, and :func:`apply_gradients` runs ``tx.update`` +
 ``optax.apply_updates``.
@@ -31,12 +35,14 @@ import optax
 from scirs2_optim_jax import validation as v
 from scirs2_optim_jax.engine import adam_family as af
 from scirs2_optim_jax.engine.kernels import sum_of_squares
+from scirs2_optim_jax.engine.memory import to_memory
 from scirs2_optim_jax.precision import MasterWeightsState, cast_floating, round_to_params
 from scirs2_optim_jax.transforms.clipping import clip_factor
 from scirs2_optim_jax.transforms.description import (
     Chain,
     ClipByGlobalNorm,
     MasterWeights,
+    Offload,
     describe_of,
 )
 from scirs2_optim_jax.transforms.norms import global_norm
@@ -88,6 +94,8 @@ def one_pass_step(tx: optax.GradientTransformation) -> OnePassStep | None:
         True
     """
     described = describe_of(tx)
+    if isinstance(described, Offload):
+        return _streamed_step(described) if described.compute == "device" else None
     if isinstance(described, MasterWeights):
         return _master_weights_step(tx, described)
     if isinstance(described, Chain):
@@ -111,6 +119,9 @@ def apply_gradients(
         >>> params["w"].tolist()
         [0.5, 0.5]
     """
+    described = describe_of(tx)
+    if isinstance(described, Offload) and described.compute == "host":
+        return tx.host_step.apply(grads, state, params)  # type: ignore[attr-defined]
     step = one_pass_step(tx)
     if step is not None:
         return step.apply(grads, state, params)
@@ -193,6 +204,22 @@ def _clipped_step(tx: optax.GradientTransformation, chain: Chain) -> OnePassStep
 
     del tx
     return OnePassStep(last_step.name, apply, to_canonical, from_canonical)
+
+
+def _streamed_step(described: Offload) -> OnePassStep | None:
+    """``offload(inner, compute="device")``: the inner's one-pass step, the state moved
+    from host memory to the device before it and back after it, in the same program."""
+    inner = one_pass_step(described.inner)
+    if inner is None:
+        return None
+
+    def apply(grads: Any, state: Any, params: Any, grad_scale: Any = None) -> tuple[Any, Any]:
+        new_params, state = inner.apply(
+            grads, to_memory(state, "device"), params, grad_scale=grad_scale
+        )
+        return new_params, to_memory(state, "host")
+
+    return OnePassStep(inner.name, apply, inner.to_canonical, inner.from_canonical)
 
 
 def _all_floating(tree: Any) -> bool:

@@ -29,6 +29,7 @@ __all__ = [
     "DescribedTransformation",
     "Description",
     "MasterWeights",
+    "Offload",
     "ScaleByAdam",
     "ScaleByLearningRate",
     "ScaleByTrustRatio",
@@ -105,6 +106,15 @@ class MasterWeights:
     master_dtype: Any
 
 
+@dataclasses.dataclass(frozen=True)
+class Offload:
+    """:func:`~scirs2_optim_jax.engine.offload` of ``inner``: its state in host memory,
+    the update computed on the ``"device"`` (state streamed) or on the ``"host"``."""
+
+    inner: optax.GradientTransformation
+    compute: str
+
+
 Description = (
     ScaleByAdam
     | AddDecayedWeights
@@ -113,6 +123,7 @@ Description = (
     | ClipByGlobalNorm
     | Chain
     | MasterWeights
+    | Offload
 )
 
 

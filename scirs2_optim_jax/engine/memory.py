@@ -1,0 +1,59 @@
+"""Where arrays live: host memory (``pinned_host``) or device memory, on the same devices.
+
+Used by :func:`~scirs2_optim_jax.engine.offload` and the one-pass step of an offloaded
+transformation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from scirs2_optim_jax import validation as v
+
+__all__ = ["HOST_MEMORY_KIND", "host_device", "is_traced", "to_memory"]
+HOST_MEMORY_KIND = "pinned_host"
+
+
+def host_device() -> jax.Device:
+    """This process's first CPU device: where ``compute="host"`` keeps the state and runs
+    the update (the host's memory and cores, whatever the default backend is)."""
+    return jax.local_devices(backend="cpu")[0]
+
+
+def is_traced(tree: Any) -> bool:
+    """Whether any leaf of ``tree`` is a tracer (the caller is being traced by ``jit``)."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def _default_kind(sharding: jax.sharding.Sharding) -> str | None:
+    device = next(iter(sharding.device_set))
+    return device.default_memory().kind
+
+
+def _put_concrete(x: Any, where: str) -> Any:
+    if not isinstance(x, jax.Array):
+        x = jnp.asarray(x)
+    kind = HOST_MEMORY_KIND if where == "host" else _default_kind(x.sharding)
+    if x.sharding.memory_kind == kind:
+        return x
+    return jax.device_put(x, x.sharding.with_memory_kind(kind))
+
+
+def to_memory(tree: Any, where: Literal["host", "device"]) -> Any:
+    """``tree``'s arrays moved to host memory (``pinned_host``) or device memory, on the
+    same devices with the same sharding. Works on concrete arrays and inside ``jit`` and
+    ``shard_map`` (where it is ``jax.device_put`` to a ``jax.memory.Space``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> to_memory({"m": jnp.zeros(2)}, "host")["m"].sharding.memory_kind
+        'pinned_host'
+    """
+    v.check_one_of("to_memory", "where", where, ("host", "device"))
+    if is_traced(tree):
+        space = jax.memory.Space.Host if where == "host" else jax.memory.Space.Device
+        return jax.tree.map(lambda x: jax.device_put(x, space), tree)
+    return jax.tree.map(lambda x: _put_concrete(x, where), tree)

@@ -1,0 +1,293 @@
+"""Optimizer state in host memory: :func:`offload`.
+
+An optimizer's state (Adam's two moments, master weights) is often the largest thing an
+accelerator holds besides the activations: 8 bytes per parameter for Adam, 12 more for
+float32 master weights under bf16 training. :func:`offload` keeps it in host memory, in
+one of two ways:
+
+- ``compute="device"``: the state lives in the accelerator's host memory kind
+  (``pinned_host``) and is streamed to the device for the update and back, inside the
+  jitted step (the memory-kinds way: ``jax.device_put`` to ``jax.memory.Space``). Any
+  optimizer of this package (or of optax) works so, under ``jit``, ``shard_map`` and
+  ZeRO. Each step moves the whole state in and out: 2 x state bytes over the
+  host link.
+- ``compute="host"``: the state never reaches the device. The gradients go to the host,
+  the engine's fused one-pass step (:func:`~scirs2_optim_jax.engine.one_pass_step`: adam,
+  adamw, lamb, with clipping and master weights) runs there on the host's CPU, and the
+  new parameters come back to the devices they came from. With ``with_master_weights``
+  the float32 master is in the state, so only the (bf16) gradients go down and the
+  (bf16) parameters come up: the ZeRO-Offload way. This is a step *between* device
+  programs, so ``update`` must be called outside ``jit``: the Flax drop-ins
+  (:mod:`scirs2_optim_jax.flax`) called eagerly, :func:`~scirs2_optim_jax.apply_gradients`
+  and :func:`~scirs2_optim_jax.parallel.make_data_parallel_step` do so; called while
+  traced it raises ``TypeError`` instead of computing anything on the wrong side.
+
+Either way the state keeps the inner transformation's own structure (checkpoints store
+it as is, and a state saved offloaded restores into a step that is not, see
+:func:`place_state`), and the results equal the step without offload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, PartitionSpec
+
+from scirs2_optim_jax import validation as v
+from scirs2_optim_jax.engine.memory import HOST_MEMORY_KIND, host_device, is_traced, to_memory
+from scirs2_optim_jax.engine.onepass import OnePassStep, one_pass_step
+from scirs2_optim_jax.transforms.description import (
+    DescribedTransformation,
+    MasterWeights,
+    Offload,
+    describe_of,
+)
+
+__all__ = [
+    "COMPUTE",
+    "HOST_MEMORY_KIND",
+    "HostStep",
+    "host_device",
+    "host_step",
+    "offload",
+    "offload_of",
+    "place_state",
+    "to_memory",
+]
+
+COMPUTE = ("device", "host")
+
+Compute = Literal["device", "host"]
+
+
+def offload_of(tx: Any) -> Offload | None:
+    """The :class:`~scirs2_optim_jax.transforms.description.Offload` description of
+    ``tx`` when it is :func:`offload`-ed, else None."""
+    described = describe_of(tx)
+    return described if isinstance(described, Offload) else None
+
+
+def offload(
+    tx: optax.GradientTransformation, *, compute: Compute = "device"
+) -> DescribedTransformation:
+    """``tx`` with its state kept in host memory; see the module docs for the two ways.
+
+    Args:
+        tx: any optax transformation for ``compute="device"``; for ``compute="host"`` one
+            the engine runs in one pass (adam, adamw or lamb of this package, optionally
+            in a chain after ``clip_by_global_norm``, optionally ``with_master_weights``).
+        compute: ``"device"`` (stream the state to the device for the update) or
+            ``"host"`` (update on the host's CPU, only gradients and parameters move).
+
+    Returns:
+        A transformation with the same ``init``/``update`` protocol and the same state
+        structure as ``tx``, its state in host memory. ``update`` equals ``tx.update``.
+
+    Raises:
+        TypeError: ``tx`` is not a transformation, or is already offloaded.
+        ValueError: ``compute`` is not one of ``"device"``, ``"host"``, or is ``"host"``
+            for a transformation the engine cannot run on the host.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, scirs2_optim_jax as so
+        >>> tx = so.offload(so.adamw(0.1))
+        >>> params = {"w": jnp.ones(3)}
+        >>> state = tx.init(params)
+        >>> state[0].mu["w"].sharding.memory_kind
+        'pinned_host'
+        >>> updates, state = jax.jit(tx.update)({"w": jnp.ones(3)}, state, params)
+        >>> state[0].mu["w"].sharding.memory_kind, updates["w"].sharding.memory_kind
+        ('pinned_host', 'device')
+    """
+    fn = "offload"
+    if not isinstance(tx, optax.GradientTransformation):
+        raise TypeError(f"{fn}: tx must be an optax.GradientTransformation, got {tx!r}")
+    v.check_one_of(fn, "compute", compute, COMPUTE)
+    if offload_of(tx) is not None:
+        raise TypeError(f"{fn}: tx is already offloaded ({offload_of(tx)!r})")
+    inner = optax.with_extra_args_support(tx)
+    if compute == "host":
+        return _host_transformation(inner)
+
+    def init(params: Any) -> Any:
+        return to_memory(inner.init(params), "host")
+
+    def update(grads: Any, state: Any, params: Any = None, **extra: Any) -> Any:
+        updates, state = inner.update(grads, to_memory(state, "device"), params, **extra)
+        return updates, to_memory(state, "host")
+
+    return DescribedTransformation(init, update, Offload(tx, "device"))
+
+
+def place_state(tx: optax.GradientTransformation, state: Any) -> Any:
+    """``state`` (of ``tx``'s structure, from a checkpoint or another step) placed where
+    ``tx`` keeps it: host memory for an offloaded ``tx``, device memory otherwise. This is
+    how a state saved offloaded restores into a step that is not, and the reverse.
+
+    Example:
+        >>> import jax.numpy as jnp, scirs2_optim_jax as so
+        >>> plain = so.adamw(0.1)
+        >>> state = plain.init({"w": jnp.ones(2)})
+        >>> moved = place_state(so.offload(plain), state)
+        >>> moved[0].nu["w"].sharding.memory_kind
+        'pinned_host'
+        >>> place_state(plain, moved)[0].nu["w"].sharding.memory_kind
+        'device'
+    """
+    described = offload_of(tx)
+    if described is None:
+        return to_memory(state, "device")
+    if described.compute == "host":
+        return jax.device_put(state, host_device())
+    return to_memory(state, "host")
+
+
+@dataclasses.dataclass(frozen=True)
+class HostStep:
+    """The update of an ``offload(tx, compute="host")``, run on the host.
+
+    Attributes:
+        name: the inner transformation's name (``"adamw"``).
+        inner: the inner transformation.
+        one_pass: its one-pass step, which runs on the host's CPU.
+        master: whether the state holds master weights (then the parameters are not sent
+            to the host: only their dtypes are needed there).
+    """
+
+    name: str
+    inner: optax.GradientTransformation
+    one_pass: OnePassStep
+    master: bool
+    _compiled: dict[Any, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+
+    def init(self, params: Any) -> Any:
+        """The inner state for ``params``, built on the host."""
+        if is_traced(params):
+            raise TypeError(
+                f"offload(compute='host'): init was called inside jit; the state lives on "
+                f"the host, call {self.name}'s init outside jit"
+            )
+        return jax.jit(self.inner.init)(jax.device_put(params, host_device()))
+
+    def _host_fn(self, axis_name: str | None) -> Callable[..., Any]:
+        if axis_name in self._compiled:
+            return self._compiled[axis_name]
+        apply = self.one_pass.apply
+        master = self.master
+
+        def step(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+            if master:  # only the dtypes are read: zeros built here, never transferred
+                params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params.tree)
+            return apply(grads, state, params)
+
+        if axis_name is not None:
+            # Transforms built with an axis_name (for ZeRO) reduce over it; here they see
+            # whole leaves, so the axis is bound to a one-device mesh of the host.
+            mesh = Mesh(np.array([host_device()]), (axis_name,))
+            step = jax.shard_map(
+                step,
+                mesh=mesh,
+                in_specs=PartitionSpec(),
+                out_specs=PartitionSpec(),
+                check_vma=False,
+            )
+        if master:
+            jitted = jax.jit(step, static_argnums=2, donate_argnums=1)
+        else:
+            jitted = jax.jit(step, donate_argnums=1)
+        self._compiled[axis_name] = jitted
+        return jitted
+
+    def apply(
+        self, grads: Any, state: Any, params: Any, *, axis_name: str | None = None
+    ) -> tuple[Any, Any]:
+        """``(new_params, new_state)``: the step on the host. ``new_params`` are on the
+        devices and shardings of ``params``; ``new_state`` stays on the host.
+
+        Args:
+            grads: the gradients (any devices; they are copied to the host).
+            state: the inner state, on the host (moved there if it is not).
+            params: the current parameters.
+            axis_name: the data axis a transform of the inner chain reduces over, if any.
+        """
+        fn = f"offload(compute='host') of {self.name}"
+        if is_traced((grads, state, params)):
+            raise TypeError(
+                f"{fn}: update was called inside jit; the host update runs between device "
+                "programs: call it outside jit (compute the gradients in a jitted "
+                "function, then optimizer.update / so.apply_gradients eagerly), or use "
+                "offload(tx, compute='device'), which works inside jit"
+            )
+        if params is None:
+            raise ValueError(f"{fn}: update needs params")
+        host = host_device()
+        grads_h = jax.device_put(grads, host)
+        state_h = jax.device_put(state, host)
+        params_h = _StructsKey(params) if self.master else jax.device_put(params, host)
+        new_h, new_state = self._host_fn(axis_name)(grads_h, state_h, params_h)
+        new_params = jax.tree.map(_back_like, new_h, params)
+        return new_params, new_state
+
+
+def _back_like(new: jax.Array, old: Any) -> Any:
+    sharding = getattr(old, "sharding", None)
+    if sharding is None:
+        return new
+    return jax.device_put(new, sharding)
+
+
+class _StructsKey:
+    """Hashable shapes and dtypes of a tree (a static argument of the host program)."""
+
+    def __init__(self, tree: Any) -> None:
+        self.tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), tree)
+        leaves, treedef = jax.tree.flatten(self.tree)
+        self._key = (treedef, tuple((s.shape, str(s.dtype)) for s in leaves))
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _StructsKey) and self._key == other._key
+
+
+def host_step(tx: optax.GradientTransformation) -> HostStep | None:
+    """The :class:`HostStep` of an ``offload(tx, compute="host")``, else None."""
+    return getattr(tx, "host_step", None) if offload_of(tx) is not None else None
+
+
+class _HostTransformation(DescribedTransformation):
+    host_step: HostStep
+
+
+def _host_transformation(inner: optax.GradientTransformation) -> DescribedTransformation:
+    one_pass = one_pass_step(inner)
+    if one_pass is None:
+        raise ValueError(
+            "offload: compute='host' runs the engine's one-pass step on the host; tx must "
+            "be adam, adamw or lamb of this package (optionally after clip_by_global_norm, "
+            "optionally with_master_weights), got a transformation it has no one-pass form "
+            "for; use compute='device' for this one"
+        )
+    master = isinstance(describe_of(inner), MasterWeights)
+    step = HostStep(one_pass.name, inner, one_pass, master)
+
+    def update(grads: Any, state: Any, params: Any = None, **extra: Any) -> Any:
+        if extra:
+            raise TypeError(
+                f"offload(compute='host') of {step.name}: update takes no extra "
+                f"arguments, got {sorted(extra)}"
+            )
+        new_params, state = step.apply(grads, state, params)
+        updates = jax.tree.map(lambda n, p: n - p, new_params, params)
+        return updates, state
+
+    tx = _HostTransformation(step.init, update, Offload(inner, "host"))
+    tx.host_step = step
+    return tx
