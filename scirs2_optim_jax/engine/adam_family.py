@@ -16,7 +16,10 @@ built on this machine. Otherwise the chain itself runs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -38,7 +41,7 @@ from scirs2_optim_jax.transforms.masking import mask_leaves
 from scirs2_optim_jax.transforms.moments import bias_correction, safe_increment
 from scirs2_optim_jax.transforms.weight_decay import add_decayed_weights
 
-__all__ = ["AdamFamilyPlan", "kernel_applies", "match_adam_family"]
+__all__ = ["AdamFamilyPlan", "host_program", "kernel_applies", "match_adam_family"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +99,21 @@ def match_adam_family(chain: Chain) -> AdamFamilyPlan | None:
     return AdamFamilyPlan(chain.name, kind, first, decay_index, decay, chain.fused)
 
 
+_HOST_PROGRAM: contextvars.ContextVar[bool] = contextvars.ContextVar("host_program", default=False)
+
+
+@contextlib.contextmanager
+def host_program() -> Iterator[None]:
+    """While a program for the host's CPU device alone is traced (the update of
+    ``offload(tx, compute="host")``), the kernels apply whatever the default backend and
+    the number of devices."""
+    token = _HOST_PROGRAM.set(True)
+    try:
+        yield
+    finally:
+        _HOST_PROGRAM.reset(token)
+
+
 def kernel_applies(name: str, fused: bool | None, float32: bool, what: str) -> bool:
     """Whether a step built with ``fused`` runs its CPU kernel on these leaves.
 
@@ -121,9 +139,14 @@ def kernel_applies(name: str, fused: bool | None, float32: bool, what: str) -> b
                 "pass fused=None to fall back where they are not"
             )
         return False
-    if fused is None and (jax.default_backend() != "cpu" or jax.device_count() != 1):
+    on_host = _HOST_PROGRAM.get()  # a host program runs on one CPU device, whatever the rest
+    if (
+        fused is None
+        and not on_host
+        and (jax.default_backend() != "cpu" or jax.device_count() != 1)
+    ):
         return False
-    if fused and jax.default_backend() != "cpu":
+    if fused and not on_host and jax.default_backend() != "cpu":
         raise ValueError(
             f"{name}: fused=True runs on the CPU backend only, "
             f"got {jax.default_backend()!r}; pass fused=None"

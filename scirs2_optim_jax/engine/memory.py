@@ -6,14 +6,17 @@ transformation.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from scirs2_optim_jax import validation as v
 
-__all__ = ["HOST_MEMORY_KIND", "host_device", "is_traced", "to_memory"]
+__all__ = ["HOST_MEMORY_KIND", "host_device", "host_sharding", "is_traced", "to_memory"]
 HOST_MEMORY_KIND = "pinned_host"
 
 
@@ -21,6 +24,16 @@ def host_device() -> jax.Device:
     """This process's first CPU device: where ``compute="host"`` keeps the state and runs
     the update (the host's memory and cores, whatever the default backend is)."""
     return jax.local_devices(backend="cpu")[0]
+
+
+@functools.cache
+def host_sharding(axis_name: str = "host") -> NamedSharding:
+    """The host device as a one-device mesh whose axis is ``axis_name``: where a host
+    program's arrays are placed and the mesh it runs under (a collective over
+    ``axis_name`` is then over one device, an identity). A placement on this mesh also
+    drops the device mesh's sharding from the arrays' types.
+    """
+    return NamedSharding(Mesh(np.array([host_device()]), (axis_name,)), PartitionSpec())
 
 
 def is_traced(tree: Any) -> bool:

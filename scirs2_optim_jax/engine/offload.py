@@ -12,9 +12,11 @@ one of two ways:
   ZeRO. Each step moves the whole state in and out: 2 x state bytes over the
   host link.
 - ``compute="host"``: the state never reaches the device. The gradients go to the host,
-  the engine's fused one-pass step (:func:`~scirs2_optim_jax.engine.one_pass_step`: adam,
-  adamw, lamb, with clipping and master weights) runs there on the host's CPU, and the
-  new parameters come back to the devices they came from. With ``with_master_weights``
+  the update runs there on the host's CPU, and the new parameters come back to the
+  devices they came from. Adam, AdamW and LAMB (with clipping and master weights) run as
+  the engine's fused one-pass step (:func:`~scirs2_optim_jax.engine.one_pass_step`, its
+  C++ kernel whatever the accelerator); any other transformation runs its own update,
+  compiled for the host. With ``with_master_weights``
   the float32 master is in the state, so only the (bf16) gradients go down and the
   (bf16) parameters come up: the ZeRO-Offload way. This is a step *between* device
   programs, so ``update`` must be called outside ``jit``: the Flax drop-ins
@@ -35,12 +37,18 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from scirs2_optim_jax import validation as v
-from scirs2_optim_jax.engine.memory import HOST_MEMORY_KIND, host_device, is_traced, to_memory
+from scirs2_optim_jax.engine.adam_family import host_program
+from scirs2_optim_jax.engine.memory import (
+    HOST_MEMORY_KIND,
+    host_device,
+    host_sharding,
+    is_traced,
+    to_memory,
+)
 from scirs2_optim_jax.engine.onepass import OnePassStep, one_pass_step
 from scirs2_optim_jax.transforms.description import (
     DescribedTransformation,
@@ -79,9 +87,9 @@ def offload(
     """``tx`` with its state kept in host memory; see the module docs for the two ways.
 
     Args:
-        tx: any optax transformation for ``compute="device"``; for ``compute="host"`` one
-            the engine runs in one pass (adam, adamw or lamb of this package, optionally
-            in a chain after ``clip_by_global_norm``, optionally ``with_master_weights``).
+        tx: any optax transformation. With ``compute="host"``, adam, adamw and lamb of
+            this package (optionally after ``clip_by_global_norm``, optionally
+            ``with_master_weights``) run as the fused one-pass step on the host.
         compute: ``"device"`` (stream the state to the device for the update) or
             ``"host"`` (update on the host's CPU, only gradients and parameters move).
 
@@ -91,8 +99,7 @@ def offload(
 
     Raises:
         TypeError: ``tx`` is not a transformation, or is already offloaded.
-        ValueError: ``compute`` is not one of ``"device"``, ``"host"``, or is ``"host"``
-            for a transformation the engine cannot run on the host.
+        ValueError: ``compute`` is not one of ``"device"``, ``"host"``.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, scirs2_optim_jax as so
@@ -144,7 +151,7 @@ def place_state(tx: optax.GradientTransformation, state: Any) -> Any:
     if described is None:
         return to_memory(state, "device")
     if described.compute == "host":
-        return jax.device_put(state, host_device())
+        return jax.device_put(state, host_sharding())
     return to_memory(state, "host")
 
 
@@ -155,14 +162,15 @@ class HostStep:
     Attributes:
         name: the inner transformation's name (``"adamw"``).
         inner: the inner transformation.
-        one_pass: its one-pass step, which runs on the host's CPU.
+        one_pass: its one-pass step, which runs on the host's CPU, or None: then the
+            inner ``update`` and ``optax.apply_updates`` run there.
         master: whether the state holds master weights (then the parameters are not sent
             to the host: only their dtypes are needed there).
     """
 
     name: str
     inner: optax.GradientTransformation
-    one_pass: OnePassStep
+    one_pass: OnePassStep | None
     master: bool
     _compiled: dict[Any, Callable[..., Any]] = dataclasses.field(default_factory=dict)
 
@@ -173,36 +181,63 @@ class HostStep:
                 f"offload(compute='host'): init was called inside jit; the state lives on "
                 f"the host, call {self.name}'s init outside jit"
             )
-        return jax.jit(self.inner.init)(jax.device_put(params, host_device()))
+        sharding = host_sharding()
+        with jax.set_mesh(sharding.mesh):
+            return jax.jit(self.inner.init)(jax.device_put(params, sharding))
+
+    def _chain_apply(self, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+        updates, state = self.inner.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
 
     def _host_fn(self, axis_name: str | None) -> Callable[..., Any]:
         if axis_name in self._compiled:
             return self._compiled[axis_name]
-        apply = self.one_pass.apply
-        master = self.master
-
-        def step(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
-            if master:  # only the dtypes are read: zeros built here, never transferred
-                params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params.tree)
-            return apply(grads, state, params)
-
+        apply = self.one_pass.apply if self.one_pass is not None else self._chain_apply
+        # The host program runs on a one-device mesh of the host, set while it runs (the
+        # caller may be inside a device mesh's context). Transforms built with an
+        # axis_name (for ZeRO) reduce over it; here they see whole leaves, so the axis is
+        # bound to that mesh and their sums are the single-device ones.
+        mesh = host_sharding(axis_name or "host").mesh
         if axis_name is not None:
-            # Transforms built with an axis_name (for ZeRO) reduce over it; here they see
-            # whole leaves, so the axis is bound to a one-device mesh of the host.
-            mesh = Mesh(np.array([host_device()]), (axis_name,))
-            step = jax.shard_map(
-                step,
+            apply = jax.shard_map(
+                apply,
                 mesh=mesh,
                 in_specs=PartitionSpec(),
                 out_specs=PartitionSpec(),
                 check_vma=False,
             )
-        if master:
-            jitted = jax.jit(step, static_argnums=2, donate_argnums=1)
-        else:
-            jitted = jax.jit(step, donate_argnums=1)
-        self._compiled[axis_name] = jitted
-        return jitted
+
+        def step(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+            if isinstance(params, _StructsKey):  # master weights: only the dtypes are read,
+                # so zeros are built here instead of sending the parameters to the host
+                params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params.tree)
+            return apply(grads, state, params)
+
+        static = (2,) if self.master else ()
+        jitted = jax.jit(step, static_argnums=static, donate_argnums=1)
+
+        def run(grads: Any, state: Any, params: Any, lower: bool = False) -> Any:
+            with jax.set_mesh(mesh), host_program():
+                if lower:
+                    return jitted.lower(grads, state, params)
+                return jitted(grads, state, params)
+
+        self._compiled[axis_name] = run
+        return run
+
+    def _on_host(self, grads: Any, state: Any, params: Any, axis_name: str | None) -> tuple:
+        host = host_sharding(axis_name or "host")
+        grads_h = jax.device_put(grads, host)
+        state_h = jax.device_put(state, host)
+        params_h = _StructsKey(params) if self.master else jax.device_put(params, host)
+        return grads_h, state_h, params_h
+
+    def lower(
+        self, grads: Any, state: Any, params: Any, *, axis_name: str | None = None
+    ) -> jax.stages.Lowered:
+        """The host program for these arguments, lowered (for inspection)."""
+        args = self._on_host(grads, state, params, axis_name)
+        return self._host_fn(axis_name)(*args, lower=True)
 
     def apply(
         self, grads: Any, state: Any, params: Any, *, axis_name: str | None = None
@@ -226,11 +261,8 @@ class HostStep:
             )
         if params is None:
             raise ValueError(f"{fn}: update needs params")
-        host = host_device()
-        grads_h = jax.device_put(grads, host)
-        state_h = jax.device_put(state, host)
-        params_h = _StructsKey(params) if self.master else jax.device_put(params, host)
-        new_h, new_state = self._host_fn(axis_name)(grads_h, state_h, params_h)
+        args = self._on_host(grads, state, params, axis_name)
+        new_h, new_state = self._host_fn(axis_name)(*args)
         new_params = jax.tree.map(_back_like, new_h, params)
         return new_params, new_state
 
@@ -266,17 +298,16 @@ class _HostTransformation(DescribedTransformation):
     host_step: HostStep
 
 
+def _name_of(tx: Any) -> str:
+    described = describe_of(tx)
+    return getattr(described, "name", None) or "the transformation"
+
+
 def _host_transformation(inner: optax.GradientTransformation) -> DescribedTransformation:
     one_pass = one_pass_step(inner)
-    if one_pass is None:
-        raise ValueError(
-            "offload: compute='host' runs the engine's one-pass step on the host; tx must "
-            "be adam, adamw or lamb of this package (optionally after clip_by_global_norm, "
-            "optionally with_master_weights), got a transformation it has no one-pass form "
-            "for; use compute='device' for this one"
-        )
     master = isinstance(describe_of(inner), MasterWeights)
-    step = HostStep(one_pass.name, inner, one_pass, master)
+    name = one_pass.name if one_pass is not None else _name_of(inner)
+    step = HostStep(name, inner, one_pass, master and one_pass is not None)
 
     def update(grads: Any, state: Any, params: Any = None, **extra: Any) -> Any:
         if extra:

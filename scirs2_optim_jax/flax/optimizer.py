@@ -8,7 +8,7 @@ import jax
 import optax
 from flax import nnx
 
-from scirs2_optim_jax.engine import one_pass_step
+from scirs2_optim_jax.engine import host_step, one_pass_step
 
 __all__ = ["Optimizer"]
 
@@ -44,7 +44,8 @@ class Optimizer(nnx.Optimizer):
             The updates (new minus old parameters), as ``nnx.Optimizer.update`` returns
             them; unused under ``jit`` they cost nothing (XLA drops them).
         """
-        step = None if kwargs else one_pass_step(self.tx)
+        # offload(tx, compute="host"): the host step (outside jit); else the one-pass step.
+        step = None if kwargs else (host_step(self.tx) or one_pass_step(self.tx))
         if step is None:
             return super().update(model, grads, **kwargs)
         graph = {"graph": self.graph} if hasattr(self, "graph") else {}

@@ -7,7 +7,7 @@ from typing import Any
 from flax.training import train_state
 from flax.training.train_state import OVERWRITE_WITH_GRADIENT
 
-from scirs2_optim_jax.engine import one_pass_step
+from scirs2_optim_jax.engine import host_step, one_pass_step
 
 __all__ = ["TrainState"]
 
@@ -34,7 +34,8 @@ class TrainState(train_state.TrainState):
     def apply_gradients(self, *, grads: Any, **kwargs: Any) -> TrainState:
         """``step + 1``, ``params`` and ``opt_state`` updated from ``grads``; ``kwargs``
         replaced, as Flax's ``apply_gradients``."""
-        step = one_pass_step(self.tx)
+        # offload(tx, compute="host"): the host step (outside jit); else the one-pass step.
+        step = host_step(self.tx) or one_pass_step(self.tx)
         if step is None or (isinstance(grads, dict) and OVERWRITE_WITH_GRADIENT in grads):
             return super().apply_gradients(grads=grads, **kwargs)
         params, opt_state = step.apply(grads, self.opt_state, self.params)

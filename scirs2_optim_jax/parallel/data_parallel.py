@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
-from scirs2_optim_jax.engine import one_pass_step
+from scirs2_optim_jax.engine import host_step, offload_of, one_pass_step
+from scirs2_optim_jax.parallel.host_offload import make_host_offload_step
 from scirs2_optim_jax.parallel.placement import put_on_mesh
 from scirs2_optim_jax.parallel.unit_axis import with_unit_axis
 from scirs2_optim_jax.parallel.zero import (
@@ -209,6 +210,13 @@ def make_data_parallel_step(
     # replicated though all_gather types them as varying.
     def shard_map(f: Callable[..., Any], in_specs: Any, out_specs: Any) -> Callable[..., Any]:
         return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+    offloaded = offload_of(tx)
+    if offloaded is not None and offloaded.compute == "host":
+        # The state stays on the host: device programs around a host update.
+        host = host_step(tx)
+        step = make_host_offload_step(local_grads, host, mesh, axis_name, zero_stage, has_aux)
+        return DataParallelStep(mesh, axis_name, zero_stage, n, host.init, step)
 
     if zero_stage == 0:
 
