@@ -202,6 +202,28 @@ def _decay_flags(plan: AdamFamilyPlan, params: Any, grads: Any, count: int) -> l
     return mask_leaves(decay.mask, params, grads)
 
 
+# XLA:CPU runs a program whose estimated cost is under 1000 flops inline, on the thread
+# that called it, and a kernel call counts as 0 flops; see _released().
+_RELEASE_ELEMENTS = 1024
+
+
+def _released(scale: Any) -> jax.Array:
+    """``scale`` plus an exact ``0.0`` that XLA counts as 2,048 flops.
+
+    XLA:CPU executes a program it estimates at under 1000 flops on the calling thread
+    before the call returns (a heuristic for programs cheaper than a thread switch); its
+    cost analysis counts a custom call as 0 flops. A one-pass step is a kernel call and a
+    few scalars, so without this it ran inline: the Python thread was held for the whole
+    kernel, and the output handling of the call (building the new arrays, Flax's state)
+    waited for it instead of overlapping it. The sum of squares of a 1,024-element zero
+    vector, kept from constant folding by an optimization barrier, makes the program count
+    as what it is, a costly one, so it runs asynchronously like an XLA update; it costs
+    about a microsecond and leaves the value unchanged.
+    """
+    zeros = jax.lax.optimization_barrier(jnp.zeros(_RELEASE_ELEMENTS, jnp.float32))
+    return jnp.asarray(scale, jnp.float32) + jnp.sum(zeros * zeros)
+
+
 def kernel_step(
     plan: AdamFamilyPlan,
     tx_parts: tuple[optax.GradientTransformation, ...],
@@ -235,7 +257,7 @@ def kernel_step(
         rate,
         bias_correction(b1, count),
         bias_correction(b2, count),
-        grad_scale,
+        _released(grad_scale),
     )
     mu, nu = treedef.flatten_up_to(adam_state.mu), treedef.flatten_up_to(adam_state.nu)
     low = None if low_params is None else treedef.flatten_up_to(low_params)
