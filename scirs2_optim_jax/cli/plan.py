@@ -23,6 +23,7 @@ PROG = "scirs2-optim plan"
 DEMO_MODELS = ("digits_mlp", "transformer")
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _REMAT = ("none", "full", "dots", "dots_no_batch")
+_OFFLOAD = ("device", "host")  # engine.offload's compute (planner.OFFLOAD; no JAX here)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,8 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         >>> parser = argparse.ArgumentParser(prog="scirs2-optim")
         >>> add_parser(parser.add_subparsers(dest="command"))
         >>> args = parser.parse_args(["plan", "--model", "transformer", "--devices", "8"])
-        >>> args.model, args.devices, args.handler is run_plan
-        ('transformer', 8, True)
+        >>> args.model, args.devices, args.offload, args.handler is run_plan
+        ('transformer', 8, None, True)
     """
     parser = subparsers.add_parser(
         "plan",
@@ -45,7 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "and recommend a micro-batch size and gradient-accumulation steps from the "
             "compiled forward + backward pass (two compilations; the persistent compilation "
             "cache makes later runs fast). --check-compiled also compiles the whole step to "
-            "compare the plan with it. Nothing is allocated on the device."
+            "compare the plan with it. --offload plans the optimizer state in host memory "
+            "and prints device and host memory per device. Nothing is allocated on the "
+            "device."
         ),
     )
     parser.add_argument(
@@ -61,6 +64,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--precision", choices=_PRECISIONS, help="parameter/compute dtype")
     parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2), help="ZeRO stage")
     parser.add_argument("--devices", type=count, metavar="N", help="devices on the data axis")
+    parser.add_argument(
+        "--offload",
+        choices=_OFFLOAD,
+        help="keep the optimizer state (master weights included) in host memory: device "
+        "(streamed to the device for each update) or host (updated on the host's CPU) "
+        "(default: parallel.offload_optimizer of the config)",
+    )
     parser.add_argument(
         "--batch-size", type=count, metavar="N", help="global batch size (default: config)"
     )
@@ -114,6 +124,8 @@ def _settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         parallel = dataclasses.replace(parallel, zero_stage=args.zero_stage)
     if args.devices is not None:
         parallel = dataclasses.replace(parallel, num_devices=args.devices)
+    if args.offload is not None:
+        parallel = dataclasses.replace(parallel, offload_optimizer=args.offload)
     config = dataclasses.replace(config, parallel=parallel)
     available = config.resources.device_memory_bytes
     if args.available_memory is not None:
@@ -157,7 +169,12 @@ def run_plan(args: argparse.Namespace) -> int:
         config, options = _settings(args)
         from scirs2_optim_jax.config.builder import build_optimizer
 
-        build_optimizer(config)  # hyperparameters that do not apply fail here, as usage
+        tx = build_optimizer(config)  # hyperparameters that do not apply fail here, as usage
+        if config.parallel.offload_optimizer is not None:
+            from scirs2_optim_jax.engine import offload, offload_of
+
+            if offload_of(tx) is None:  # what offload rejects fails here, as usage
+                offload(tx, compute=config.parallel.offload_optimizer)
     except (ValueError, TypeError, OSError) as err:
         return _fail(str(err), 2)
     from scirs2_optim_jax.compile_cache import enable_compilation_cache
@@ -187,6 +204,11 @@ def _plan(config: Any, options: dict[str, Any]) -> dict[str, Any]:
     lines = [
         f"optimizer: {optimizer.name} (peak lr {optimizer.learning_rate:g}), precision "
         f"{config.precision.mode}, ZeRO stage {config.parallel.zero_stage}, {devices} device(s)"
+        + (
+            f", optimizer state offloaded (compute={config.parallel.offload_optimizer})"
+            if config.parallel.offload_optimizer
+            else ""
+        )
     ]
     report: dict[str, Any] = {"config": config.redacted()}
     model = None
@@ -200,6 +222,12 @@ def _plan(config: Any, options: dict[str, Any]) -> dict[str, Any]:
     plan = plan_for_config(config, params, num_devices=devices)
     report["plan"] = plan.to_dict()
     lines.append(plan.describe())
+    if plan.offload is not None:
+        report["host_bytes_all_devices"] = plan.host_bytes * devices
+        lines.append(
+            f"host memory for the state of all {devices} device(s): "
+            f"{format_bytes(plan.host_bytes * devices)}"
+        )
 
     available, source = options["available"], "config"
     if available is None:
@@ -212,10 +240,19 @@ def _plan(config: Any, options: dict[str, Any]) -> dict[str, Any]:
         if options["check_compiled"]:
             _compiled_step(config, model, params, options, report, lines)
         _activations(config, model, params, plan, available, options, report, lines)
-    else:
+    elif plan.offload is None:
         fits = plan.total_bytes <= available * budget_fraction
         lines.append(
             f"state {'fits' if fits else 'does NOT fit'} in {budget_fraction:.0%} of the "
+            "available memory; activations unknown for a bare parameter count (name a model)"
+        )
+    else:
+        peak = plan.device_bytes + plan.update_transient_bytes
+        fits = peak <= available * budget_fraction
+        lines.append(
+            f"device memory {format_bytes(peak)} "
+            + ("with the streamed state " if plan.update_transient_bytes else "")
+            + f"{'fits' if fits else 'does NOT fit'} in {budget_fraction:.0%} of the "
             "available memory; activations unknown for a bare parameter count (name a model)"
         )
     settings = memory_settings_report()
@@ -242,9 +279,13 @@ def _compiled_step(
         format_bytes,
         plan_for_config,
     )
+    from scirs2_optim_jax.engine import offload, offload_of
 
     devices = config.parallel.num_devices or 1
     tx = build_optimizer(config)
+    where = config.parallel.offload_optimizer
+    if where is not None and offload_of(tx) is None:
+        tx = offload(tx, compute=where)
     batch = model.batch_for(max(1, options["batch_size"] // devices))
     memory = compiled_train_step_memory(tx, model.loss_fn, params, batch)
     if memory is None:
@@ -253,11 +294,26 @@ def _compiled_step(
     unsharded = plan_for_config(config, params, num_devices=1)
     compiled_state = memory.argument_bytes - batch_bytes
     report["compiled_step"] = {**dataclasses.asdict(memory), "batch_bytes": batch_bytes}
-    lines.append(
-        f"compiled step (1 device): params + optimizer state {format_bytes(compiled_state)}"
-        f" vs planned {format_bytes(unsharded.persistent_bytes)}; temporaries "
-        f"{format_bytes(memory.temp_bytes)}"
-    )
+    if where is None:
+        lines.append(
+            f"compiled step (1 device): params + optimizer state {format_bytes(compiled_state)}"
+            f" vs planned {format_bytes(unsharded.persistent_bytes)}; temporaries "
+            f"{format_bytes(memory.temp_bytes)}"
+        )
+    elif where == "device":
+        lines.append(
+            f"compiled step (1 device): device memory arguments {format_bytes(compiled_state)}"
+            f" (params) vs planned {format_bytes(unsharded.param_bytes)}; host memory "
+            f"arguments {format_bytes(memory.host_argument_bytes)} (optimizer state) vs "
+            f"planned {format_bytes(unsharded.host_bytes)}; temporaries "
+            f"{format_bytes(memory.temp_bytes)}"
+        )
+    else:
+        lines.append(
+            f"compiled device program (1 device; the update runs on the host): params "
+            f"{format_bytes(compiled_state)} vs planned {format_bytes(unsharded.param_bytes)}; "
+            f"temporaries {format_bytes(memory.temp_bytes)}"
+        )
 
 
 def _activations(

@@ -119,7 +119,8 @@ class PrecisionConfig(Section):
 
 @dataclass(frozen=True)
 class ParallelConfig(Section):
-    """``[parallel]``: data parallelism, ZeRO and gradient checkpointing."""
+    """``[parallel]``: data parallelism, ZeRO, optimizer-state offload and gradient
+    checkpointing."""
 
     SECTION: ClassVar[str] = "parallel"
     num_devices: int | None = setting(
@@ -132,6 +133,11 @@ class ParallelConfig(Section):
     gradient_checkpointing: bool = setting(False, "rematerialise activations in the backward pass")
     remat_policy: Literal["full", "dots", "dots_no_batch"] = setting(
         "full", "what a checkpointed layer saves (see training.remat)"
+    )
+    offload_optimizer: Literal["device", "host"] | None = setting(
+        None,
+        "keep the optimizer state in host memory (engine.offload): device (streamed to the "
+        "device for the update) or host (updated on the host's CPU); none: device memory",
     )
 
 

@@ -11,6 +11,15 @@ match wins:
    large batches stable), with gradient checkpointing on an accelerator;
 3. **otherwise**: Adam at 1e-3 in float32.
 
+On an accelerator, when the chosen plan still does not fit the device's memory, the state
+can leave it: with :func:`~scirs2_optim_jax.engine.offload` ``compute="host"`` the device
+holds only the parameters and gradients, and the host keeps the optimizer state (master
+weights included) and runs the update. Where that fits (and, when ``host_memory_bytes`` is
+given, the state fits the host), the selection recommends it (``offload="host"``, rule
+``<rule>_offload``) with the rule's optimizer: AdamW for the large rule (its first choice:
+once the state is off the device, Adafactor's smaller state saves the device nothing; the
+host runs AdamW as the engine's fused one-pass step), LAMB or Adam otherwise.
+
 It is a starting point, not a tuned recipe: the learning rate in particular wants a sweep.
 The memory figures come from :func:`~scirs2_optim_jax.config.plan_memory`.
 """
@@ -43,16 +52,23 @@ class OptimizerSelection:
     """What :func:`select_optimizer` chose, why, and what it costs in memory.
 
     Attributes:
-        rule: ``"large_accelerator"``, ``"medium"`` or ``"small"``.
+        rule: ``"large_accelerator"``, ``"large_accelerator_factored"``, ``"medium"`` or
+            ``"small"``, with ``"_offload"`` appended when the state is offloaded.
         reason: one sentence for people.
         optimizer: the optimizer section to run.
         precision: the precision section to run.
         zero_stage: ZeRO stage (0: none).
         gradient_checkpointing: whether to rematerialise activations.
-        plan: per-device memory of params, grads, optimizer state and master weights.
+        plan: per-device memory of params, grads, optimizer state and master weights,
+            and where each lives.
         available_memory_bytes: the memory per device it was chosen for.
-        fits: whether ``plan.total_bytes`` fits in ``available_memory_bytes`` (activations
-            come on top; see :func:`~scirs2_optim_jax.config.recommend_batch_size`).
+        fits: whether ``plan.device_bytes`` fits in ``available_memory_bytes`` (activations
+            come on top; see :func:`~scirs2_optim_jax.config.recommend_batch_size`) and,
+            with offload and ``host_memory_bytes`` given, the offloaded state in it.
+        offload: None, or ``"host"``: keep the optimizer state in host memory and update
+            it there (``engine.offload(tx, compute="host")``; in a config
+            ``parallel.offload_optimizer``).
+        host_memory_bytes: the host memory it was chosen for, if given.
     """
 
     rule: str
@@ -64,13 +80,17 @@ class OptimizerSelection:
     plan: MemoryPlan
     available_memory_bytes: int
     fits: bool
+    offload: str | None = None
+    host_memory_bytes: int | None = None
 
     def apply(self, config: RunConfig, batch_size: int | None = None) -> RunConfig:
-        """``config`` with this selection's optimizer, precision and parallel settings."""
+        """``config`` with this selection's optimizer, precision and parallel settings
+        (ZeRO stage, gradient checkpointing, ``offload_optimizer``)."""
         parallel = dataclasses.replace(
             config.parallel,
             zero_stage=self.zero_stage,
             gradient_checkpointing=self.gradient_checkpointing,
+            offload_optimizer=self.offload,
         )
         changes: dict[str, Any] = {
             "optimizer": self.optimizer,
@@ -89,6 +109,7 @@ def select_optimizer(
     accelerator: str | bool,
     *,
     num_devices: int = 1,
+    host_memory_bytes: int | None = None,
 ) -> OptimizerSelection:
     """Chooses a starting optimizer, precision and memory strategy (see the module docs).
 
@@ -100,6 +121,9 @@ def select_optimizer(
         accelerator: the platform (``"cpu"``, ``"gpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``)
             or a bool (True: an accelerator).
         num_devices: devices on the data axis (ZeRO divides the state among them).
+        host_memory_bytes: host memory for the optimizer state of all ``num_devices``
+            devices (``compute="host"`` runs in one process, which holds it all); None:
+            not checked. Only used when the state is offloaded.
 
     Returns:
         An :class:`OptimizerSelection`.
@@ -114,12 +138,20 @@ def select_optimizer(
         'lamb'
         >>> select_optimizer(10_000_000, 256, 16 * 2**30, "cpu").optimizer.learning_rate
         0.001
+        >>> small = select_optimizer(7_000_000_000, 1024, 40 * 2**30, "gpu")
+        >>> small.rule, small.offload, small.fits, small.plan.device_bytes  # bf16 params, grads
+        ('large_accelerator_offload', 'host', True, 28000000000)
     """
     fn = "select_optimizer"
     count = v.check_int(fn, "num_params", num_params, 1)
     batch = v.check_int(fn, "batch_size", batch_size, 1)
     available = v.check_int(fn, "available_memory_bytes", available_memory_bytes, 1)
     devices = v.check_int(fn, "num_devices", num_devices, 1)
+    host_memory = (
+        None
+        if host_memory_bytes is None
+        else v.check_int(fn, "host_memory_bytes", host_memory_bytes, 1)
+    )
     if isinstance(accelerator, bool):
         on_accelerator = accelerator
     elif isinstance(accelerator, str) and accelerator.lower() in ACCELERATORS:
@@ -130,6 +162,7 @@ def select_optimizer(
             f"got {accelerator!r}"
         )
 
+    host_choice = None  # (optimizer, reason) to offload, when not the rule's final choice
     if count > LARGE_MODEL_PARAMS and on_accelerator:
         optimizer = OptimizerConfig(name="adamw", learning_rate=1e-4, weight_decay=0.01)
         precision = PrecisionConfig(mode="bf16", master_weights=True)
@@ -145,6 +178,7 @@ def select_optimizer(
             f"{count:,} params > 1B on an accelerator: AdamW 1e-4 (wd 0.01), bf16 with fp32 "
             f"master weights and moments, ZeRO stage {stage} over {devices} device(s)"
         )
+        host_choice = (optimizer, reason)
         # Planned from the count alone, Adafactor's second moment is one unfactored vector:
         # an upper bound (a model's matrices keep only rows + columns).
         factored = plan_memory(
@@ -175,10 +209,43 @@ def select_optimizer(
         stage, plan = 0, plan_memory(count, "adam")
         rule, checkpointing = "small", False
         reason = f"{count:,} params <= 100M: Adam 1e-3 in fp32"
-    fits = plan.total_bytes <= available
+    offload = None
+    if on_accelerator and plan.device_bytes > available:
+        # Off the device, the state's size costs host memory only: the large rule offloads
+        # AdamW, its first choice, rather than the Adafactor fallback.
+        host_optimizer, host_reason = host_choice or (optimizer, reason)
+        offloaded = plan_memory(
+            count,
+            host_optimizer.name,
+            precision=precision.mode,
+            zero_stage=stage,
+            num_devices=devices,
+            offload="host",
+        )
+        host_need = offloaded.host_bytes * devices
+        host_fits = host_memory is None or host_need <= host_memory
+        if offloaded.device_bytes <= available and host_fits:
+            optimizer, plan, offload = host_optimizer, offloaded, "host"
+            rule = f"{rule.removesuffix('_factored')}_offload"
+            reason = (
+                f"{host_reason}; its state does not fit the device: it stays in host memory "
+                "and the host updates it "
+                f'(offload compute="host"): {format_bytes(host_need)} of host memory, '
+                f"{format_bytes(offloaded.streamed_bytes)} over the host link per device "
+                "and step"
+            )
+        elif offloaded.device_bytes <= available:
+            reason += (
+                f"; offloading the state would need {format_bytes(host_need)} of host "
+                f"memory, more than the {format_bytes(host_memory or 0)} given"
+            )
+    fits = plan.device_bytes <= available and (
+        offload is None or host_memory is None or plan.host_bytes * devices <= host_memory
+    )
     reason += (
-        f"; state {format_bytes(plan.total_bytes)} per device "
-        f"{'fits in' if fits else 'exceeds'} {format_bytes(available)}"
+        f"; {'device memory' if offload else 'state'} {format_bytes(plan.device_bytes)} per "
+        f"device {'fits in' if plan.device_bytes <= available else 'exceeds'} "
+        f"{format_bytes(available)}"
     )
     return OptimizerSelection(
         rule=rule,
@@ -190,4 +257,6 @@ def select_optimizer(
         plan=plan,
         available_memory_bytes=available,
         fits=fits,
+        offload=offload,
+        host_memory_bytes=host_memory,
     )

@@ -87,7 +87,12 @@ def test_select_optimizer_falls_back_to_adafactor_when_adamw_cannot_fit() -> Non
     assert tight.zero_stage == 2 and tight.plan.total_bytes <= 22 * GiB
     assert "Adafactor" in tight.reason
     build_optimizer(tight.apply(production_default(), batch_size=2048))
-    hopeless = select_optimizer(7_000_000_000, 2048, 18 * GiB, "tpu", num_devices=8)
+    # Neither fits 18 GiB; AdamW with its state offloaded to the host does (bf16 params,
+    # a ZeRO-2 slice of the gradients).
+    offloaded = select_optimizer(7_000_000_000, 2048, 18 * GiB, "tpu", num_devices=8)
+    assert offloaded.rule == "large_accelerator_offload" and offloaded.offload == "host"
+    assert offloaded.optimizer.name == "adamw" and offloaded.fits
+    hopeless = select_optimizer(7_000_000_000, 2048, 12 * GiB, "tpu", num_devices=8)
     assert hopeless.rule == "large_accelerator" and not hopeless.fits
 
 
