@@ -6,6 +6,12 @@ any number of processes or one device. Plain sharded ``jax.Array`` leaves need n
 than a gather, which :func:`to_host` does, across processes too. States that are laid out
 differently in memory, such as ZeRO's padded and flattened optimizer shards, pass a
 :class:`Layout`: a pair of functions to and from the canonical tree.
+
+Where an array lives in memory is not part of the layout either: an optimizer state kept in
+host memory (:func:`~scirs2_optim_jax.offload`: the ``pinned_host`` memory kind, or the
+host's CPU device) is stored exactly as the same state in device memory, and a restore
+places it where its target (or its optimizer, ``CheckpointManager.restore(optimizer=)``)
+keeps it.
 """
 
 from __future__ import annotations
@@ -18,9 +24,18 @@ import jax
 import numpy as np
 
 from scirs2_optim_jax.checkpoint import treespec as ts
+from scirs2_optim_jax.engine import to_memory
 from scirs2_optim_jax.parallel.placement import to_host as gather_to_host
 
-__all__ = ["Layout", "as_layout", "from_host", "host_arrays", "opt_state_layout", "to_host"]
+__all__ = [
+    "Layout",
+    "as_layout",
+    "from_host",
+    "host_arrays",
+    "in_host_memory",
+    "opt_state_layout",
+    "to_host",
+]
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,23 @@ def opt_state_layout(
     return Layout(convert(to_canonical), convert(from_canonical))
 
 
+def in_host_memory(leaf: Any) -> bool:
+    """Whether ``leaf`` is a ``jax.Array`` in a host memory kind of its devices
+    (``pinned_host``, ``unpinned_host``), as an offloaded optimizer state is.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> x = jnp.ones(2)
+        >>> in_host_memory(x), in_host_memory(jax.device_put(x, x.sharding.with_memory_kind(
+        ...     "pinned_host")))
+        (False, True)
+    """
+    if not isinstance(leaf, jax.Array):
+        return False
+    kind = leaf.sharding.memory_kind
+    return kind is not None and kind.endswith("_host")
+
+
 def to_host(path: str, leaf: Any) -> np.ndarray:
     """Returns the host array of one leaf at its full logical shape (typed keys as key data),
     safe to write while the caller goes on.
@@ -110,7 +142,9 @@ def to_host(path: str, leaf: Any) -> np.ndarray:
     array is copied to the host. A sharded array is gathered, also from other processes in a
     multi-process run (so every process must call it, in the same order); a replicated one
     is read from a local replica. A numpy array, which the caller may change in place, is
-    copied.
+    copied. An array in host memory (an offloaded optimizer state) is read from there; one
+    that must be gathered from other processes first is moved to device memory for the
+    gather (one leaf at a time), so that the collective runs where collectives run.
 
     Example:
         >>> import jax.numpy as jnp
@@ -123,6 +157,8 @@ def to_host(path: str, leaf: Any) -> np.ndarray:
         if not leaf.is_fully_addressable:
             # A multi-process array: a replica is read from this process's devices, a
             # sharded one is gathered from every process (a collective: all of them save).
+            if in_host_memory(leaf) and not leaf.sharding.is_fully_replicated:
+                leaf = to_memory(leaf, "device")
             return np.asarray(gather_to_host(leaf))
         if len(leaf.sharding.device_set) == 1:
             # A fresh view of the one buffer: a host copy numpy conversion may cache stays
@@ -151,7 +187,10 @@ def host_arrays(paths: list[str], leaves: list[Any]) -> list[np.ndarray]:
         [[1.0, 1.0], [0.0]]
     """
     for leaf in leaves:
-        off_host = isinstance(leaf, jax.Array) and leaf.is_fully_addressable
+        # Arrays in an accelerator's memory; those in its host memory kinds are read in place.
+        off_host = (
+            isinstance(leaf, jax.Array) and leaf.is_fully_addressable and not in_host_memory(leaf)
+        )
         if off_host and any(d.platform != "cpu" for d in leaf.sharding.device_set):
             leaf.copy_to_host_async()
     return [to_host(path, leaf) for path, leaf in zip(paths, leaves, strict=True)]
@@ -168,8 +207,24 @@ def _sharding_of(target: Any) -> Any:
     return sharding
 
 
+def _with_memory_kind(where: Any, kind: str | None) -> Any:
+    """``where`` (a sharding, a device or None for the default device) in memory ``kind``."""
+    if kind is None:
+        return where
+    if isinstance(where, jax.sharding.Sharding):
+        return where if where.memory_kind == kind else where.with_memory_kind(kind)
+    device = where if isinstance(where, jax.Device) else jax.devices()[0]
+    return jax.sharding.SingleDeviceSharding(device, memory_kind=kind)
+
+
 def from_host(
-    value: np.ndarray, spec: ts.LeafSpec, kind: str, target: Any = None, placement: Any = None
+    value: np.ndarray,
+    spec: ts.LeafSpec,
+    kind: str,
+    target: Any = None,
+    placement: Any = None,
+    *,
+    memory: str | jax.Device | None = None,
 ) -> Any:
     """Turns a verified host array back into a leaf of ``kind``, placed where asked.
 
@@ -178,9 +233,14 @@ def from_host(
         spec: what the checkpoint recorded about the leaf (its PRNG implementation).
         kind: the kind to return (the saved one, or the target leaf's).
         target: the target leaf, if any; its sharding wins over ``placement`` unless it is
-            on an abstract mesh (as ``jax.eval_shape`` gives under explicit axes).
+            on an abstract mesh (as ``jax.eval_shape`` gives under explicit axes), and its
+            sharding's memory kind (``pinned_host`` for an offloaded optimizer state) is
+            kept either way.
         placement: a ``jax.sharding.Sharding`` or ``jax.Device`` for jax leaves; None puts
             them on the default device.
+        memory: where an offloaded optimizer keeps the leaf, which wins over the rest: a
+            memory kind (``"pinned_host"``) for the sharding chosen as above, or a device
+            (the host's CPU device, for ``compute="host"``) instead of it.
 
     Returns:
         A jax array (or typed key array), numpy array, numpy scalar or Python scalar.
@@ -193,6 +253,13 @@ def from_host(
     """
     if kind in (ts.JAX_ARRAY, ts.PRNG_KEY):
         where = _sharding_of(target) or placement
+        target_sharding = getattr(target, "sharding", None)
+        if isinstance(memory, jax.Device):
+            where = memory
+        elif memory is not None:
+            where = _with_memory_kind(where, memory)
+        elif isinstance(target_sharding, jax.sharding.Sharding):
+            where = _with_memory_kind(where, target_sharding.memory_kind)
         if kind == ts.PRNG_KEY:
             impl = spec.key_impl or "threefry2x32"
             key = jax.random.wrap_key_data(value, impl=impl)

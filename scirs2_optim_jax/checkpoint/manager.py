@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -67,6 +68,8 @@ from scirs2_optim_jax.checkpoint.writer import (
     ManifestSave,
     PendingManifest,
 )
+from scirs2_optim_jax.engine import host_device, offload_of, place_state
+from scirs2_optim_jax.engine.memory import HOST_MEMORY_KIND
 from scirs2_optim_jax.validation import check_bool, check_int
 
 __all__ = ["CheckpointInfo", "CheckpointManager", "CheckpointState", "Restored"]
@@ -186,18 +189,53 @@ def _check_retention(
     return Retention(keep_last, keep_every, keep_best, best_metric, best_mode)
 
 
-def _check_restore_options(fn: str, params_only: Any, layout: Any, placement: Any) -> Any:
+def _check_restore_options(
+    fn: str, params_only: Any, layout: Any, placement: Any, optimizer: Any
+) -> Any:
     """Checks the options of :meth:`CheckpointManager.restore`; returns the layout or None."""
     check_bool(fn, "params_only", params_only)
     converter = layout_lib.as_layout(fn, layout)
     if converter is not None and params_only:
         raise ValueError(f"{fn}: layout converts the whole state; it cannot go with params_only")
+    if optimizer is not None:
+        if not isinstance(optimizer, optax.GradientTransformation):
+            raise TypeError(
+                f"{fn}: optimizer must be an optax.GradientTransformation or None, "
+                f"got {optimizer!r}"
+            )
+        if params_only:
+            raise ValueError(
+                f"{fn}: optimizer places the restored opt_state; it cannot go with params_only"
+            )
     if placement is not None and not isinstance(placement, (jax.sharding.Sharding, jax.Device)):
         raise TypeError(
             f"{fn}: placement must be a jax.sharding.Sharding, a jax.Device or None, "
             f"got {placement!r}"
         )
     return converter
+
+
+def _place_opt_state(fn: str, step: int, state: Any, optimizer: Any) -> Any:
+    """``state`` with its ``opt_state`` placed where ``optimizer`` keeps it."""
+    if type(state) is dict and "opt_state" in state:
+        return {**state, "opt_state": place_state(optimizer, state["opt_state"])}
+    if hasattr(state, "opt_state") and hasattr(state, "_replace"):
+        return state._replace(opt_state=place_state(optimizer, state.opt_state))
+    raise TypeError(
+        f"{fn}: optimizer places the restored state's opt_state, but checkpoint step {step} "
+        f"holds a {type(state).__name__} without one (a CheckpointState, a NamedTuple with "
+        "an opt_state field or a dict with an 'opt_state' key); to place a saved optimizer "
+        "state alone, pass engine.place_state(optimizer, restored.state)"
+    )
+
+
+def _opt_state_memory(optimizer: Any) -> str | jax.Device | None:
+    """Where an offloaded ``optimizer`` keeps its state (a memory kind or the host's CPU
+    device), so that a restore puts it there directly; None for one that is not."""
+    described = offload_of(optimizer) if optimizer is not None else None
+    if described is None:
+        return None
+    return host_device() if described.compute == "host" else HOST_MEMORY_KIND
 
 
 def _dir_size(path: Path) -> int:
@@ -536,8 +574,13 @@ class CheckpointManager:
         params_only: bool = False,
         layout: Any = None,
         placement: Any = None,
+        optimizer: optax.GradientTransformation | None = None,
     ) -> Restored:
         """Restores a verified checkpoint, with its types, onto the devices asked for.
+
+        A checkpoint holds no memory kinds: a state saved with its optimizer state in host
+        memory (:func:`~scirs2_optim_jax.offload`) restores into device memory unless a
+        target leaf's sharding names a memory kind, or ``optimizer`` is given.
 
         Args:
             step: the step to restore; None restores the newest checkpoint that verifies,
@@ -552,6 +595,13 @@ class CheckpointManager:
                 ``from_canonical`` turns the restored canonical state into the in-memory one.
             placement: a ``jax.sharding.Sharding`` or ``jax.Device`` for jax leaves whose
                 target gives no sharding; None puts them on the default device.
+            optimizer: the optimizer that will continue from the restored ``opt_state`` (of a
+                :class:`CheckpointState`, or a dict's ``"opt_state"``): the state is placed
+                where it keeps it (:func:`~scirs2_optim_jax.engine.place_state`, after
+                ``layout``): in host memory for an offloaded optimizer (``pinned_host`` on
+                the same devices, or the host's CPU device for ``compute="host"``), in
+                device memory otherwise. So an offloaded run's checkpoint continues in one
+                that is not, and the reverse.
 
         Returns:
             A :class:`Restored` ``(step, state, metrics, config)``.
@@ -563,12 +613,16 @@ class CheckpointManager:
             ValueError, TypeError: a bad argument or a target that does not match.
         """
         fn = "CheckpointManager.restore"
-        converter = _check_restore_options(fn, params_only, layout, placement)
+        converter = _check_restore_options(fn, params_only, layout, placement, optimizer)
         candidates = self._restore_candidates(fn, step)
+        # Without a layout, an offloaded optimizer's state goes to host memory straight
+        # from the host arrays (it never has to fit in device memory); with one,
+        # from_canonical places it and place_state moves it after.
+        memory = _opt_state_memory(optimizer) if converter is None else None
         skipped: list[str] = []
         for candidate in candidates:
             try:
-                restored = self._restore_step(candidate, target, params_only, placement)
+                restored = self._restore_step(candidate, target, params_only, placement, memory)
             except CheckpointCorruptError as err:
                 if step is not None:
                     raise
@@ -577,6 +631,9 @@ class CheckpointManager:
                 continue
             if converter is not None:
                 restored = restored._replace(state=converter.from_canonical(restored.state))
+            if optimizer is not None:
+                placed = _place_opt_state(fn, restored.step, restored.state, optimizer)
+                restored = restored._replace(state=placed)
             return restored
         raise CheckpointCorruptError(
             candidates[0],
@@ -600,7 +657,14 @@ class CheckpointManager:
             )
         return [step]
 
-    def _restore_step(self, step: int, target: Any, params_only: bool, placement: Any) -> Restored:
+    def _restore_step(
+        self,
+        step: int,
+        target: Any,
+        params_only: bool,
+        placement: Any,
+        opt_state_memory: str | jax.Device | None = None,
+    ) -> Restored:
         meta, description, values = self._verified(step)
         state = build_state(
             step,
@@ -610,6 +674,7 @@ class CheckpointManager:
             target=target,
             params_only=params_only,
             placement=placement,
+            opt_state_memory=opt_state_memory,
         )
         return Restored(step, state, meta.get("metrics"), meta.get("config"))
 

@@ -4,7 +4,9 @@ Without a target, the saved description rebuilds the tree with its container typ
 kinds and Python scalars. With a target (arrays, ``jax.ShapeDtypeStruct`` s or scalars), the
 saved description must match the target's, and the result takes the target's structure,
 leaf kinds and shardings. ``params_only`` first cuts the ``params`` child out of the saved
-root. Jax leaves go to the target's sharding, else ``placement``, else the default device.
+root. Jax leaves go to the target's sharding, else ``placement``, else the default device;
+the leaves of the root's ``opt_state`` go where an offloaded optimizer keeps them when
+``opt_state_memory`` says so, straight from the host arrays.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = ["build_state"]
 
 _FN = "CheckpointManager.restore"
 _PARAMS_PATHS = ("['params']", ".params")
+_OPT_STATE_PATHS = ("['opt_state']", ".opt_state")
 _PY_KINDS = (ts.PY_BOOL, ts.PY_INT, ts.PY_FLOAT)
 
 
@@ -34,6 +37,7 @@ def build_state(
     target: Any = None,
     params_only: bool = False,
     placement: Any = None,
+    opt_state_memory: str | jax.Device | None = None,
 ) -> Any:
     """Returns the state of step ``step`` from its verified arrays.
 
@@ -46,6 +50,8 @@ def build_state(
         params_only: return only the saved root's ``params`` child.
         placement: a ``jax.sharding.Sharding`` or ``jax.Device`` for jax leaves whose target
             gives no sharding; None puts them on the default device.
+        opt_state_memory: where the jax leaves under the root's ``opt_state`` go instead
+            (``layout.from_host``'s ``memory``): a memory kind or a device; None: as above.
 
     Raises:
         ValueError: the target does not match (naming the paths), or ``params_only`` with
@@ -61,10 +67,16 @@ def build_state(
     """
     if params_only:
         description, values = _params_subtree(step, directory, description, values)
+
+    def memory(spec: ts.LeafSpec) -> str | jax.Device | None:
+        if opt_state_memory is None or params_only:
+            return None
+        return opt_state_memory if _is_under(spec.path, _OPT_STATE_PATHS) else None
+
     if target is None:
         try:
             leaves = [
-                layout_lib.from_host(v, spec, spec.kind, None, placement)
+                layout_lib.from_host(v, spec, spec.kind, None, placement, memory=memory(spec))
                 for v, spec in zip(values, description.leaves, strict=True)
             ]
             return ts.rebuild_tree(description, leaves)
@@ -82,12 +94,17 @@ def build_state(
         )
     target_leaves, treedef = jax.tree.flatten(target)
     leaves = [
-        layout_lib.from_host(v, spec, want.kind, t, placement)
+        layout_lib.from_host(v, spec, want.kind, t, placement, memory=memory(spec))
         for v, spec, want, t in zip(
             values, description.leaves, wanted.leaves, target_leaves, strict=True
         )
     ]
     return jax.tree.unflatten(treedef, leaves)
+
+
+def _is_under(path: str, roots: tuple[str, ...]) -> bool:
+    """Whether the leaf path ``path`` is one of ``roots`` or below one of them."""
+    return any(path == root or path.startswith((root + "[", root + ".")) for root in roots)
 
 
 def _accept_abstract_scalars(

@@ -100,6 +100,18 @@ def run(args: argparse.Namespace) -> int:
     return _train_and_report(args, settings, os.environ)
 
 
+def _offload_note(offload: str | None) -> str:
+    """The setup line's note of the optimizer-state offload (empty without one).
+
+    Example:
+        >>> _offload_note(None), _offload_note("host")
+        ('', ', optimizer state offloaded (update on the host)')
+    """
+    if offload is None:
+        return ""
+    return f", optimizer state offloaded (update on the {offload})"
+
+
 def _print_setup(train_args: dict[str, Any], primary: bool) -> None:
     """The run's settings (process 0) and, with several processes, this process's share."""
     import jax
@@ -111,7 +123,7 @@ def _print_setup(train_args: dict[str, Any], primary: bool) -> None:
             f"({train_args['schedule']}), {train_args['steps']} steps of "
             f"{train_args['batch_size']}, seed {train_args['seed']}, "
             f"devices {'all' if devices is None else devices}, ZeRO stage "
-            f"{train_args['zero_stage']}",
+            f"{train_args['zero_stage']}{_offload_note(train_args.get('offload_optimizer'))}",
             flush=True,
         )
     if jax.process_count() > 1:

@@ -28,6 +28,7 @@ __all__ = [
     "PROCESS_ID_VAR",
     "TRAIN_DEFAULTS",
     "TRAIN_MAX_BATCH_SIZE",
+    "TRAIN_OFFLOAD",
     "TRAIN_OPTIMIZERS",
     "TRAIN_SCHEDULES",
     "add_parser",
@@ -47,7 +48,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "devices": 1,
     "zero_stage": 0,
     "save_every": 100,
+    "offload_optimizer": None,
 }
+# Where an offloaded optimizer updates its state (training.spec.OFFLOAD_OPTIMIZER).
+TRAIN_OFFLOAD = ("device", "host")
 METRICS_HOST = "127.0.0.1"
 # The monitor's own variable names (monitor.ENV_VARS; tests/project/test_deploy.py checks
 # they agree).
@@ -68,8 +72,9 @@ _DESCRIPTION = (
 )
 _EPILOG = (
     "From a config file the command reads seed, batch_size, [optimizer] (after "
-    "[features]), [schedule], clipping.max_global_norm, parallel.num_devices and "
-    "zero_stage, [checkpoint] and monitoring.enabled/metrics_port; it refuses "
+    "[features]), [schedule], clipping.max_global_norm, parallel.num_devices, "
+    "zero_stage and offload_optimizer, [checkpoint] and monitoring.enabled/metrics_port; "
+    "it refuses "
     "precision.mode other than fp32 and parallel.gradient_checkpointing. "
     f"Multi-process: set {NUM_PROCESSES_VAR} (> 1), {COORDINATOR_VAR} "
     f"(host:port of process 0) and {PROCESS_ID_VAR} (0 .. N-1) and start the same "
@@ -172,7 +177,7 @@ def _add_run_options(group: argparse._ArgumentGroup) -> None:
 
 
 def _add_device_options(group: argparse._ArgumentGroup) -> None:
-    """--devices, --zero-stage."""
+    """--devices, --zero-stage, --offload-optimizer."""
     d = TRAIN_DEFAULTS
     group.add_argument(
         "--devices",
@@ -191,6 +196,17 @@ def _add_device_options(group: argparse._ArgumentGroup) -> None:
         default=None,
         help="0: replicated optimizer state; 1: state sharded over the devices (ZeRO-1); "
         f"2: state and gradients sharded (ZeRO-2) (default: {d['zero_stage']})",
+    )
+    group.add_argument(
+        "--offload-optimizer",
+        choices=TRAIN_OFFLOAD,
+        default=None,
+        help="keep the optimizer state in host memory instead of device memory. device: "
+        "the update still runs on the devices, the state streamed there and back each "
+        "step (works with any --zero-stage and several processes); host: the update runs "
+        "on the host's CPU, only the gradients go down and the new parameters come back "
+        "(one process). The same math either way; a run may resume with or without it "
+        "(default: the state in device memory)",
     )
 
 

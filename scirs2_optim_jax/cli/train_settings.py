@@ -68,6 +68,7 @@ def _option_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("seed",): args.seed,
         ("parallel", "num_devices"): args.devices,
         ("parallel", "zero_stage"): args.zero_stage,
+        ("parallel", "offload_optimizer"): args.offload_optimizer,
         ("checkpoint", "directory"): args.checkpoint_dir,
         ("checkpoint", "every_steps"): args.save_every,
     }
@@ -100,12 +101,18 @@ def _refuse_unsupported(config: Any) -> None:
 
 
 def _refuse_bad_layout(config: Any, processes: int, resume: bool) -> None:
-    """Refuses a device count the processes cannot share, and a resume with nothing to read."""
+    """Refuses a device count the processes cannot share, a host update in several
+    processes, and a resume with nothing to read."""
     devices = config.parallel.num_devices
     if processes > 1 and devices is not None and devices % processes:
         raise ValueError(
             f"--devices (or parallel.num_devices) must be a multiple of the {processes} "
             f"processes (${NUM_PROCESSES_VAR}), got {devices}"
+        )
+    if processes > 1 and config.parallel.offload_optimizer == "host":
+        raise ValueError(
+            f"--offload-optimizer host (or parallel.offload_optimizer) runs in one process; "
+            f"this run has {processes} (${NUM_PROCESSES_VAR}): use --offload-optimizer device"
         )
     if resume and config.checkpoint.directory is None:
         raise ValueError("--resume needs --checkpoint-dir (or checkpoint.directory in --config)")
@@ -159,6 +166,7 @@ def train_settings(
         "max_global_norm": config.clipping.max_global_norm,
         "devices": config.parallel.num_devices,
         "zero_stage": config.parallel.zero_stage,
+        "offload_optimizer": config.parallel.offload_optimizer,
         "save_every": checkpoint.every_steps,
         "keep_checkpoints": checkpoint.keep,
         "stop_at": args.stop_at,

@@ -8,7 +8,10 @@ unpadded first), and the data position (how many batches the run has consumed). 
 :class:`~scirs2_optim_jax.training.TrainSpec` goes into the checkpoint's config, and a resume
 is refused unless the spec is the same, because another optimizer, schedule length, batch
 size or seed would silently train a different model. The device count, the number of
-processes and the ZeRO stage may change between save and resume.
+processes, the ZeRO stage and the optimizer-state offload may change between save and
+resume: an offloaded state (:func:`~scirs2_optim_jax.engine.offload`) is stored as the same
+state in device memory would be, and a restored state is placed where the run's optimizer
+keeps it (:func:`~scirs2_optim_jax.engine.place_state`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from scirs2_optim_jax import parallel
 from scirs2_optim_jax.checkpoint import CheckpointManager, CheckpointState, opt_state_layout
+from scirs2_optim_jax.engine import offload_of, place_state
 from scirs2_optim_jax.training.errors import RunSetupError
 from scirs2_optim_jax.training.spec import AXIS, TrainSpec
 
@@ -64,7 +68,8 @@ class RunCheckpoints:
         mesh: the run's mesh; restored state is placed on it.
         zero_stage: the step's ZeRO stage (0: replicated optimizer state).
         params_like: the parameters (arrays or shape/dtype structs).
-        tx: the optimizer the step runs (for the canonical optimizer state's structure).
+        tx: the optimizer the step runs (for the canonical optimizer state's structure,
+            and where the restored state goes: host memory when it is offloaded).
         save_every: save every this many steps.
         keep: how many of the newest checkpoints to keep.
         async_save: write in the background.
@@ -124,15 +129,28 @@ class RunCheckpoints:
         self._save_every = save_every
         self._resume = resume
         self._abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params_like)
-        self._opt_structure = jax.tree.structure(jax.eval_shape(tx.init, self._abstract))
+        self._tx = tx
+        offloaded = offload_of(tx)
+        # The state's structure is the inner optimizer's (an optimizer updated on the host
+        # builds its state only outside jit, so it is read from the inner one).
+        inner = tx if offloaded is None else offloaded.inner
+        self._opt_structure = jax.tree.structure(jax.eval_shape(inner.init, self._abstract))
+        # Updated on the host, the state is whole there at every ZeRO stage: the canonical
+        # layout already.
+        self._on_host = offloaded is not None and offloaded.compute == "host"
         self._layout = None
-        if zero_stage:
+        if zero_stage and not self._on_host:
             abstract = self._abstract
             self._layout = opt_state_layout(
                 lambda s: parallel.zero_state_to_canonical(s, abstract),
                 lambda s: parallel.zero_state_from_canonical(s, abstract, mesh, AXIS),
             )
-        self._config = {"spec": self._spec, "devices": mesh.shape[AXIS], "zero_stage": zero_stage}
+        self._config = {
+            "spec": self._spec,
+            "devices": mesh.shape[AXIS],
+            "zero_stage": zero_stage,
+            "offload_optimizer": None if offloaded is None else offloaded.compute,
+        }
         self._last_saved: int | None = latest
 
     @property
@@ -183,10 +201,13 @@ class RunCheckpoints:
                 f"{self.directory} does not have this optimizer's structure"
             )
         params = parallel.put_on_mesh(state.params, self._mesh, PartitionSpec())
-        if self._layout is None:
-            opt_state = parallel.put_on_mesh(state.opt_state, self._mesh, PartitionSpec())
-        else:
+        if self._layout is not None:
             opt_state = self._layout.from_canonical(state).opt_state
+        elif self._on_host:
+            opt_state = state.opt_state  # place_state puts it on the host, whole
+        else:
+            opt_state = parallel.put_on_mesh(state.opt_state, self._mesh, PartitionSpec())
+        opt_state = place_state(self._tx, opt_state)
         self._last_saved = restored.step
         return restored.step, params, opt_state
 

@@ -24,7 +24,11 @@ the slices are averaged across devices. So runs on 1, 4 and 8 devices, with ZeRO
 agree closely but not bit for bit (measured over 30 steps of the default AdamW: at most
 2.1e-6 apart on parameters of size ~0.1, the same final loss and test accuracy), and their
 ``params_sha256`` differ. Two runs with the same spec, device count and ZeRO stage have the
-same hash, and so does a run stopped and resumed on the same layout.
+same hash, and so does a run stopped and resumed on the same layout. Keeping the optimizer
+state in host memory (``offload_optimizer``, :func:`~scirs2_optim_jax.engine.offload`) does
+not change the math either: the update streams the state to the device (``"device"``) or
+runs the same step on the host's CPU (``"host"``, the gradient computed on the devices by a
+program of its own), and a run may resume with or without it.
 
 Multi-process: after ``jax.distributed.initialize`` (``scirs2-optim train`` calls
 :func:`~scirs2_optim_jax.parallel.init_distributed` when ``SCIRS2_NUM_PROCESSES`` > 1), every
@@ -114,6 +118,7 @@ def train_digits(
     stop_at: int | None = None,
     stop_requested: Callable[[], bool] | None = None,
     monitor: Any = None,
+    offload_optimizer: str | None = None,
 ) -> run_result.TrainResult:
     """Trains a 64-128-128-10 MLP on scikit-learn's digits and evaluates it on a held-out set.
 
@@ -163,6 +168,12 @@ def train_digits(
             them, one step later, at the same step.
         monitor: a started :class:`~scirs2_optim_jax.monitor.RunMonitor` that receives each
             step's ``loss``, ``grad_norm`` and ``learning_rate``; None: no monitoring.
+        offload_optimizer: keep the optimizer state in host memory
+            (:func:`~scirs2_optim_jax.engine.offload`) and update it on the ``"device"``
+            (the state streamed there and back each step) or on the ``"host"`` (the
+            gradients go to the host's CPU, the new parameters come back; one process
+            only); None: the state stays in device memory. Not part of the run's spec:
+            checkpoints resume with or without it.
 
     Returns:
         A :class:`~scirs2_optim_jax.training.TrainResult`.
@@ -200,6 +211,7 @@ def train_digits(
         save_every=save_every,
         keep_checkpoints=keep_checkpoints,
         stop_at=stop_at,
+        offload_optimizer=offload_optimizer,
     )
     v.check_callable(fn, "on_log", on_log, allow_none=True)
     v.check_callable(fn, "stop_requested", stop_requested, allow_none=True)
@@ -407,6 +419,7 @@ def _result(
         schedule=spec.schedule,
         devices=setup.num_devices,
         zero_stage=options.zero_stage,
+        offload_optimizer=options.offload_optimizer,
         step=run.step,
         start_step=start.step,
         stop_reason=run.stop_reason,

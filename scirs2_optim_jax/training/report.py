@@ -151,6 +151,10 @@ def summary_table(result: TrainResult, startup_seconds: float | None = None) -> 
         ("zero stage", str(result.zero_stage)),
         ("optimizer", f"{result.optimizer}, peak lr {result.learning_rate:.1e}, {result.schedule}"),
     ]
+    offload = result.offload_optimizer
+    if offload is not None:
+        where = "streamed to the device" if offload == "device" else "updated on the host"
+        rows.append(("offload", f"{offload}: state in host memory, {where}"))
     if startup_seconds is not None:
         # Before train_digits: Python, the imports (JAX, Flax, ...) and argument handling.
         rows.insert(3, ("startup", f"{startup_seconds:.1f} s before training (imports)"))

@@ -63,6 +63,8 @@ class TrainResult:
     Attributes:
         optimizer, learning_rate, steps, batch_size, seed, schedule: the configuration.
         devices: devices on the data axis; zero_stage: 0, 1 or 2.
+        offload_optimizer: None, or where the update of the optimizer state kept in host
+            memory ran: ``"device"`` or ``"host"``.
         step: the step the parameters are at (``steps`` unless stopped early).
         start_step: the step the run started from (0, or the checkpoint it resumed).
         stop_reason: ``"completed"``, ``"stopped"`` (``stop_at``) or ``"preempted"``.
@@ -103,6 +105,7 @@ class TrainResult:
     params: nnx.State
     params_sha256: str
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    offload_optimizer: str | None = None
 
 
 def params_sha256(params: Any) -> str:

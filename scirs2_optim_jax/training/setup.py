@@ -2,7 +2,8 @@
 
 :func:`setup_run` builds everything a run needs before its first step, as a
 :class:`RunSetup`: the one-axis ``data`` mesh (:func:`data_mesh`), the digits split, the
-optimizer of the :class:`~scirs2_optim_jax.training.TrainSpec`, the MLP split into
+optimizer of the :class:`~scirs2_optim_jax.training.TrainSpec` (its state offloaded to host
+memory when the run's options ask, :func:`~scirs2_optim_jax.engine.offload`), the MLP split into
 ``graphdef, params`` (the loss merges them back, as Flax recommends for functional steps),
 and the package's data-parallel step over the mesh. :func:`global_batch` places one batch
 on the mesh.
@@ -20,6 +21,7 @@ import optax
 from flax import nnx
 
 from scirs2_optim_jax import parallel
+from scirs2_optim_jax.engine import offload
 from scirs2_optim_jax.training.data import (
     NUM_CLASSES,
     NUM_FEATURES,
@@ -88,7 +90,8 @@ class RunSetup:
     Attributes:
         mesh: the one-axis ``data`` mesh.
         data: the digits split.
-        tx, lr_schedule: the optimizer and its learning-rate schedule.
+        tx, lr_schedule: the optimizer (offloaded with the run's ``offload_optimizer``)
+            and its learning-rate schedule.
         graphdef: the model's static structure; ``nnx.merge(graphdef, params)`` is the model.
         params: the initial parameters (from the spec's seed), not yet on the mesh.
         step_fn: the data-parallel step (``step_fn.init(params)`` places the state).
@@ -114,7 +117,9 @@ def setup_run(spec: TrainSpec, options: RunOptions) -> RunSetup:
     """Builds the mesh, data, model, optimizer and step of a run of ``spec``.
 
     Raises:
-        RunSetupError: too few devices, or a batch that does not split over them.
+        RunSetupError: too few devices, a batch that does not split over them, or an
+            optimizer updated on the host (``offload_optimizer="host"``) in a
+            multi-process run.
 
     Example:
         >>> from scirs2_optim_jax.training.spec import RunOptions, TrainSpec
@@ -134,6 +139,15 @@ def setup_run(spec: TrainSpec, options: RunOptions) -> RunSetup:
     # Reductions over the data axis are needed only where the optimizer sees ZeRO slices;
     # on whole leaves the data-parallel step can then take the engine's one-pass step.
     tx, lr_schedule = spec.make_optimizer(axis_name=AXIS if options.zero_stage else None)
+    if options.offload_optimizer is not None:
+        if options.offload_optimizer == "host" and jax.process_count() > 1:
+            raise RunSetupError(
+                "train_digits: offload_optimizer='host' runs in one process (the host update "
+                f"reads every gradient); this run has {jax.process_count()} processes: use "
+                "offload_optimizer='device', which keeps each device's state in its own "
+                "host's memory"
+            )
+        tx = offload(tx, compute=options.offload_optimizer)
     model = MLP(NUM_FEATURES, HIDDEN, NUM_CLASSES, rngs=nnx.Rngs(spec.seed))
     graphdef, params = nnx.split(model)
 

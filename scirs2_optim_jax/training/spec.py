@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_SCHEDULE",
     "DEFAULT_STEPS",
     "HIDDEN",
+    "OFFLOAD_OPTIMIZER",
     "OPTIMIZERS",
     "SCHEDULES",
     "TRAIN_SIZE",
@@ -73,6 +74,8 @@ DEFAULT_SAVE_EVERY = 100
 HIDDEN = (128, 128)
 TRAIN_SIZE = NUM_SAMPLES - DEFAULT_TEST_SIZE
 AXIS = "data"  # the mesh axis the batch (and, under ZeRO, the optimizer state) is split over
+# Where an offloaded optimizer updates its state, kept in host memory (engine.offload).
+OFFLOAD_OPTIMIZER = ("device", "host")
 
 _FN = "train_digits"
 
@@ -221,6 +224,12 @@ class RunOptions:
         save_every: checkpoint every this many steps.
         keep_checkpoints: how many of the newest checkpoints to keep.
         stop_at: end the run after this step, or None.
+        offload_optimizer: None (the optimizer state in device memory), or where the
+            update runs with the state kept in host memory
+            (:func:`~scirs2_optim_jax.engine.offload`): ``"device"`` (streamed to the
+            device for the update) or ``"host"`` (updated on the host's CPU). Like the
+            device count and the ZeRO stage, it changes how the run goes, not what it
+            trains: a run may resume with or without it.
     """
 
     log_every: int = DEFAULT_LOG_EVERY
@@ -229,6 +238,7 @@ class RunOptions:
     save_every: int = DEFAULT_SAVE_EVERY
     keep_checkpoints: int = 3
     stop_at: int | None = None
+    offload_optimizer: str | None = None
 
     @classmethod
     def create(cls, spec: TrainSpec, **options: Any) -> RunOptions:
@@ -239,6 +249,10 @@ class RunOptions:
             Traceback (most recent call last):
             ...
             ValueError: train_digits: stop_at must be an integer <= steps (10), got 11
+            >>> RunOptions.create(TrainSpec.create(steps=10), offload_optimizer="cpu")
+            Traceback (most recent call last):
+            ...
+            ValueError: train_digits: offload_optimizer must be one of device, host, None, got 'cpu'
         """
         fn = _FN
         run = cls(**options)
@@ -260,6 +274,7 @@ class RunOptions:
                 raise ValueError(
                     f"{fn}: stop_at must be an integer <= steps ({spec.steps}), got {run.stop_at!r}"
                 )
+        v.check_one_of(fn, "offload_optimizer", run.offload_optimizer, (*OFFLOAD_OPTIMIZER, None))
         return run
 
 
@@ -282,6 +297,7 @@ def check_train_args(
     save_every: int = DEFAULT_SAVE_EVERY,
     keep_checkpoints: int = 3,
     stop_at: int | None = None,
+    offload_optimizer: str | None = None,
 ) -> float:
     """Validates :func:`~scirs2_optim_jax.training.train_digits`'s arguments without training.
 
@@ -331,5 +347,6 @@ def check_train_args(
         save_every=save_every,
         keep_checkpoints=keep_checkpoints,
         stop_at=stop_at,
+        offload_optimizer=offload_optimizer,
     )
     return spec.learning_rate
