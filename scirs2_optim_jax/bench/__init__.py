@@ -1,8 +1,9 @@
 """Side-by-side benchmark harness: ours vs optax vs the memory-bandwidth bound.
 
 Everything here is a re-export; the implementations live in topical modules: ``configs``
-(the benchmark configs), ``harness`` (timing), ``report`` (table and JSON), ``cache_check``
-(the persistent compilation cache) and ``commands`` (``scirs2-optim bench``). The names
+(the benchmark configs), ``harness`` (timing), ``report`` (table and JSON), ``offload``
+(the optimizer-state offload rows, ``--offload``), ``cache_check`` (the persistent
+compilation cache) and ``commands`` (``scirs2-optim bench``). The names
 load on first use, so that ``commands`` (standard library only) imports without JAX: the
 ``scirs2-optim`` command builds its parser from it, even for ``--help``.
 """
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
         run_config,
         run_configs,
     )
+    from scirs2_optim_jax.bench.offload import OffloadResult, run_offload_rows
 
 # Public name -> the module of this package that defines it.
 _EXPORTS = {
@@ -29,15 +31,19 @@ _EXPORTS = {
     "measure_bandwidth": "harness",
     "run_config": "harness",
     "run_configs": "harness",
+    "OffloadResult": "offload",
+    "run_offload_rows": "offload",
 }
 
 __all__ = [
     "CONFIGS",
     "BenchConfig",
     "BenchResult",
+    "OffloadResult",
     "measure_bandwidth",
     "run_config",
     "run_configs",
+    "run_offload_rows",
 ]
 
 

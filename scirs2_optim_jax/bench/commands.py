@@ -1,5 +1,6 @@
-"""``scirs2-optim bench``: the side-by-side optimizer-step benchmark, and with
-``--checkpoint`` our verified checkpoints against plain Orbax."""
+"""``scirs2-optim bench``: the side-by-side optimizer-step benchmark; with ``--flax`` the
+Flax training paths, with ``--checkpoint`` our verified checkpoints against plain Orbax, and
+with ``--offload`` the AdamW step with its optimizer state offloaded to host memory."""
 
 from __future__ import annotations
 
@@ -65,6 +66,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help=(
             "instead of the optimizer steps, time checkpoint save and verified restore "
             "against plain Orbax (see --sizes, --rounds)"
+        ),
+    )
+    parser.add_argument(
+        "--offload",
+        action="store_true",
+        help=(
+            "instead, time AdamW at the parameter counts of --params five ways, one after "
+            "the other in one process: no offload (the one-pass step), offload "
+            "compute='device' (state streamed from host memory), offload compute='host' "
+            "(update on the host's CPU), and bf16 params with master weights without and "
+            "with compute='host'; ms/step, the ratio to no offload, and the bytes moved "
+            "between host and device per step with their GB/s"
+        ),
+    )
+    parser.add_argument(
+        "--params",
+        default=None,
+        metavar="COUNTS",
+        help=(
+            "with --offload: comma-separated parameter counts, e.g. 10M,1B "
+            "(default: 10M on the CPU, 1B,4B on accelerators)"
         ),
     )
     parser.add_argument(
@@ -163,8 +185,56 @@ def run_flax(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_offload(args: argparse.Namespace) -> int:
+    """Runs ``bench --offload``: AdamW with and without its state offloaded to the host."""
+    if args.configs:
+        return _error("--offload takes no configs")
+    if args.repeats < 1:
+        return _error(f"--repeats must be >= 1, got {args.repeats}")
+    from scirs2_optim_jax.bench import offload
+
+    counts = None
+    if args.params is not None:
+        try:
+            counts = [offload.parse_count(c) for c in args.params.split(",")]
+        except ValueError as err:
+            return _error(f"--params: {err}")
+    from scirs2_optim_jax.bench import report
+
+    info = report.machine_info()
+    if counts is None:
+        on_cpu = info["backend"] == "cpu"
+        counts = offload.DEFAULT_CPU_PARAMS if on_cpu else offload.DEFAULT_ACCELERATOR_PARAMS
+    print(
+        f"{info['backend']} ({info['device']}, {info['cpu_count']} cores), jax {info['jax']}; "
+        f"offload rows at {', '.join(offload.format_count(c) for c in counts)} params, "
+        f"median of {args.repeats} steps",
+        flush=True,
+    )
+    print(offload.header(), flush=True)
+    rows = []
+    for count in counts:
+        rows += offload.run_offload_rows(
+            count,
+            repeats=args.repeats,
+            on_result=lambda r: print(offload.format_row(r), flush=True),
+        )
+        if args.json:  # after each size: a run cut short keeps the sizes it finished
+            args.json.write_text(report.to_json([], {"offload": [r.as_dict() for r in rows]}))
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the benchmark described by parsed ``args``; returns the exit code."""
+    modes = [flag for flag in ("checkpoint", "flax", "offload") if getattr(args, flag, False)]
+    if len(modes) > 1:
+        return _error(f"--{modes[0]} and --{modes[1]} are separate benchmarks: choose one")
+    if getattr(args, "params", None) is not None and not getattr(args, "offload", False):
+        return _error("--params goes with --offload")
+    if getattr(args, "offload", False):
+        return run_offload(args)
     if getattr(args, "checkpoint", False):
         return run_checkpoint(args)
     if getattr(args, "flax", False):
