@@ -43,7 +43,7 @@ import optax
 
 from scirs2_optim_jax import optimizers, precision
 from scirs2_optim_jax.bench.configs import ADAMW, leaf_shapes
-from scirs2_optim_jax.engine import apply_gradients, offload
+from scirs2_optim_jax.engine import apply_gradients, host_step, offload
 
 __all__ = [
     "DEFAULT_ACCELERATOR_PARAMS",
@@ -234,9 +234,12 @@ def _measure(variant: _Variant, num_params: int, grads: Any, repeats: int) -> Of
     del params, state  # donated from `carry` on
     start = time.perf_counter()
     if variant.compute == "host":
-        # The host update runs between device programs: an eager call, as in a loop.
+        # The host update runs between device programs: an eager call, as in a loop that
+        # replaces its parameters (make_data_parallel_step, the Flax Optimizer).
+        host = host_step(tx)
+
         def step(carry: Any) -> Any:
-            return apply_gradients(tx, grads, carry[1], carry[0])
+            return host.apply(grads, carry[1], carry[0], donate_params=True)
 
         carry = jax.block_until_ready(step(carry))
     else:

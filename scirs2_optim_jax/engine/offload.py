@@ -22,7 +22,9 @@ one of two ways:
   programs, so ``update`` must be called outside ``jit``: the Flax drop-ins
   (:mod:`scirs2_optim_jax.flax`) called eagerly, :func:`~scirs2_optim_jax.apply_gradients`
   and :func:`~scirs2_optim_jax.parallel.make_data_parallel_step` do so; called while
-  traced it raises ``TypeError`` instead of computing anything on the wrong side.
+  traced it raises ``TypeError`` instead of computing anything on the wrong side. The
+  host update works in place: the state it is given is consumed (as a buffer donated to a
+  jitted step is), so keep the state it returns.
 
 Either way the state keeps the inner transformation's own structure (checkpoints store
 it as is, and a state saved offloaded restores into a step that is not, see
@@ -47,6 +49,7 @@ from scirs2_optim_jax.engine.memory import (
     host_device,
     host_sharding,
     is_traced,
+    place_tree,
     to_memory,
 )
 from scirs2_optim_jax.engine.onepass import OnePassStep, one_pass_step
@@ -151,7 +154,7 @@ def place_state(tx: optax.GradientTransformation, state: Any) -> Any:
     if described is None:
         return to_memory(state, "device")
     if described.compute == "host":
-        return jax.device_put(state, host_sharding())
+        return place_tree(state, host_sharding())
     return to_memory(state, "host")
 
 
@@ -189,9 +192,10 @@ class HostStep:
         updates, state = self.inner.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    def _host_fn(self, axis_name: str | None) -> Callable[..., Any]:
-        if axis_name in self._compiled:
-            return self._compiled[axis_name]
+    def _host_fn(self, axis_name: str | None, donate_params: bool) -> Callable[..., Any]:
+        key = (axis_name, donate_params and not self.master)
+        if key in self._compiled:
+            return self._compiled[key]
         apply = self.one_pass.apply if self.one_pass is not None else self._chain_apply
         # The host program runs on a one-device mesh of the host, set while it runs (the
         # caller may be inside a device mesh's context). Transforms built with an
@@ -211,10 +215,17 @@ class HostStep:
             if isinstance(params, _StructsKey):  # master weights: only the dtypes are read,
                 # so zeros are built here instead of sending the parameters to the host
                 params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params.tree)
-            return apply(grads, state, params)
+            new_params, new_state = apply(grads, state, params)
+            # Outputs in the donated inputs' order: XLA pairs each donated buffer with the
+            # first free output of its shape, so (params, state) would pair the moments'
+            # buffers with the parameters and copy every array around the in-place kernel.
+            return new_state, new_params
 
         static = (2,) if self.master else ()
-        jitted = jax.jit(step, static_argnums=static, donate_argnums=1)
+        # The state is the optimizer's own, updated in place; the parameters too where
+        # the caller replaces them (or they were copied to get here).
+        donate = (1, 2) if key[1] else (1,)
+        jitted = jax.jit(step, static_argnums=static, donate_argnums=donate)
 
         def run(grads: Any, state: Any, params: Any, lower: bool = False) -> Any:
             with jax.set_mesh(mesh), host_program():
@@ -222,34 +233,54 @@ class HostStep:
                     return jitted.lower(grads, state, params)
                 return jitted(grads, state, params)
 
-        self._compiled[axis_name] = run
+        self._compiled[key] = run
         return run
 
-    def _on_host(self, grads: Any, state: Any, params: Any, axis_name: str | None) -> tuple:
+    def _on_host(
+        self, grads: Any, state: Any, params: Any, axis_name: str | None
+    ) -> tuple[Any, Any, Any, bool]:
+        """The arguments on the host, and whether the parameters there are a copy."""
         host = host_sharding(axis_name or "host")
-        grads_h = jax.device_put(grads, host)
-        state_h = jax.device_put(state, host)
-        params_h = _StructsKey(params) if self.master else jax.device_put(params, host)
-        return grads_h, state_h, params_h
+        grads_h, state_h = place_tree((grads, state), host)
+        if self.master:
+            return grads_h, state_h, _StructsKey(params), False
+        params_h = place_tree(params, host)
+        copied = all(
+            a is not b
+            for a, b in zip(jax.tree.leaves(params_h), jax.tree.leaves(params), strict=True)
+        )
+        return grads_h, state_h, params_h, copied
 
     def lower(
         self, grads: Any, state: Any, params: Any, *, axis_name: str | None = None
     ) -> jax.stages.Lowered:
         """The host program for these arguments, lowered (for inspection)."""
-        args = self._on_host(grads, state, params, axis_name)
-        return self._host_fn(axis_name)(*args, lower=True)
+        *args, _ = self._on_host(grads, state, params, axis_name)
+        return self._host_fn(axis_name, False)(*args, lower=True)
 
     def apply(
-        self, grads: Any, state: Any, params: Any, *, axis_name: str | None = None
+        self,
+        grads: Any,
+        state: Any,
+        params: Any,
+        *,
+        axis_name: str | None = None,
+        donate_params: bool = False,
     ) -> tuple[Any, Any]:
         """``(new_params, new_state)``: the step on the host. ``new_params`` are on the
         devices and shardings of ``params``; ``new_state`` stays on the host.
+
+        The state is updated in place: ``state`` is consumed (donated), as the state
+        passed to a donating jitted step is.
 
         Args:
             grads: the gradients (any devices; they are copied to the host).
             state: the inner state, on the host (moved there if it is not).
             params: the current parameters.
             axis_name: the data axis a transform of the inner chain reduces over, if any.
+            donate_params: the caller replaces ``params`` with the result, so where they
+                already are on the host they are updated in place (consumed) too. Where
+                they had to be copied to the host the copy is always updated in place.
         """
         fn = f"offload(compute='host') of {self.name}"
         if is_traced((grads, state, params)):
@@ -261,17 +292,13 @@ class HostStep:
             )
         if params is None:
             raise ValueError(f"{fn}: update needs params")
-        args = self._on_host(grads, state, params, axis_name)
-        new_h, new_state = self._host_fn(axis_name)(*args)
-        new_params = jax.tree.map(_back_like, new_h, params)
-        return new_params, new_state
-
-
-def _back_like(new: jax.Array, old: Any) -> Any:
-    sharding = getattr(old, "sharding", None)
-    if sharding is None:
-        return new
-    return jax.device_put(new, sharding)
+        *args, copied = self._on_host(grads, state, params, axis_name)
+        new_state, new_h = self._host_fn(axis_name, donate_params or copied)(*args)
+        # Back where the parameters were (one batched transfer; nothing moves on a CPU).
+        shardings = jax.tree.map(
+            lambda old, new: getattr(old, "sharding", new.sharding), params, new_h
+        )
+        return place_tree(new_h, shardings), new_state
 
 
 class _StructsKey:

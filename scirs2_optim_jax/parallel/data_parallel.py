@@ -215,7 +215,9 @@ def make_data_parallel_step(
     if offloaded is not None and offloaded.compute == "host":
         # The state stays on the host: device programs around a host update.
         host = host_step(tx)
-        step = make_host_offload_step(local_grads, host, mesh, axis_name, zero_stage, has_aux)
+        step = make_host_offload_step(
+            local_grads, host, mesh, axis_name, zero_stage, has_aux, donate
+        )
         return DataParallelStep(mesh, axis_name, zero_stage, n, host.init, step)
 
     if zero_stage == 0:

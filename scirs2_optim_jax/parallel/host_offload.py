@@ -85,6 +85,7 @@ class HostOffloadedStep:
         sliced: bool,
         replicated: NamedSharding,
         has_aux: bool,
+        donate: bool,
     ) -> None:
         self._grads = grads_program
         self._host = host
@@ -92,6 +93,7 @@ class HostOffloadedStep:
         self._sliced = sliced
         self._replicated = replicated
         self._has_aux = has_aux
+        self._donate = donate
         self._whole = jax.jit(lambda g, shapes: _whole(g, shapes.tree()), static_argnums=1)
 
     def __call__(self, params: Any, opt_state: Any, batch: Any) -> tuple[Any, Any, Any]:
@@ -103,7 +105,7 @@ class HostOffloadedStep:
             with jax.set_mesh(host.mesh):
                 grads = self._whole(jax.device_put(grads, host), _Shapes(params))
         new_params, opt_state = self._host.apply(
-            grads, opt_state, params, axis_name=self._axis_name
+            grads, opt_state, params, axis_name=self._axis_name, donate_params=self._donate
         )
         metrics = {"loss": loss, "grad_norm": grad_norm}
         if self._has_aux:
@@ -123,6 +125,7 @@ def make_host_offload_step(
     axis_name: str,
     zero_stage: int,
     has_aux: bool,
+    donate: bool = True,
 ) -> HostOffloadedStep:
     """The step of :func:`~scirs2_optim_jax.parallel.make_data_parallel_step` for an
     ``offload(tx, compute="host")`` (see the module docs).
@@ -131,7 +134,7 @@ def make_host_offload_step(
         local_grads: ``(params, batch) -> (loss, grads, aux)`` on one device's batch, the
             loss and aux already averaged over ``axis_name``.
         host: the transformation's host step.
-        mesh, axis_name, zero_stage, has_aux: as for ``make_data_parallel_step``.
+        mesh, axis_name, zero_stage, has_aux, donate: as for ``make_data_parallel_step``.
 
     Raises:
         ValueError: in a multi-process run.
@@ -165,4 +168,4 @@ def make_host_offload_step(
         out_specs = (P(), P(axis_name), P(), P())
     program = jax.jit(shard_map(grads_local, (P(), P(axis_name)), out_specs))
     replicated = NamedSharding(mesh, P())
-    return HostOffloadedStep(program, host, axis_name, zero_stage > 0, replicated, has_aux)
+    return HostOffloadedStep(program, host, axis_name, zero_stage > 0, replicated, has_aux, donate)
