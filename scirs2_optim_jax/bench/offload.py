@@ -239,7 +239,7 @@ def _measure(variant: _Variant, num_params: int, grads: Any, repeats: int) -> Of
         host = host_step(tx)
 
         def step(carry: Any) -> Any:
-            return host.apply(grads, carry[1], carry[0], donate_params=True)
+            return host.apply(grads, carry[1], carry[0], donate_state=True, donate_params=True)
 
         carry = jax.block_until_ready(step(carry))
     else:

@@ -213,7 +213,7 @@ def _with_memory_kind(where: Any, kind: str | None) -> Any:
         return where
     if isinstance(where, jax.sharding.Sharding):
         return where if where.memory_kind == kind else where.with_memory_kind(kind)
-    device = where if isinstance(where, jax.Device) else jax.devices()[0]
+    device = where if isinstance(where, jax.Device) else jax.local_devices()[0]
     return jax.sharding.SingleDeviceSharding(device, memory_kind=kind)
 
 

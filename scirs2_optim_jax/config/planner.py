@@ -165,7 +165,9 @@ class MemoryPlan:
     are per device wherever they live; ``offload`` says where the optimizer state (master
     weights included) is: None in device memory, ``"device"`` or ``"host"`` in host memory
     (the ``compute`` of :func:`~scirs2_optim_jax.engine.offload`). ``streamed_bytes`` is
-    what crosses the host link per device and step with offload (0 without).
+    what crosses the host link per device and step with offload (0 without). With
+    ``"host"`` and ZeRO stage 0 the gradients are whole on every device and one copy of
+    them goes down, so for that term the figure is an upper bound per device.
     """
 
     num_params: int

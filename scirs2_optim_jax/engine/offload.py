@@ -22,9 +22,10 @@ one of two ways:
   programs, so ``update`` must be called outside ``jit``: the Flax drop-ins
   (:mod:`scirs2_optim_jax.flax`) called eagerly, :func:`~scirs2_optim_jax.apply_gradients`
   and :func:`~scirs2_optim_jax.parallel.make_data_parallel_step` do so; called while
-  traced it raises ``TypeError`` instead of computing anything on the wrong side. The
-  host update works in place: the state it is given is consumed (as a buffer donated to a
-  jitted step is), so keep the state it returns.
+  traced it raises ``TypeError`` instead of computing anything on the wrong side. It
+  updates the state in place where its caller replaces it (the Flax ``Optimizer``, a
+  donating ``make_data_parallel_step``), as a donating jitted step does; the optax
+  protocol's ``update`` and ``apply_gradients`` leave their arguments intact.
 
 Either way the state keeps the inner transformation's own structure (checkpoints store
 it as is, and a state saved offloaded restores into a step that is not, see
@@ -39,6 +40,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
@@ -98,11 +100,14 @@ def offload(
 
     Returns:
         A transformation with the same ``init``/``update`` protocol and the same state
-        structure as ``tx``, its state in host memory. ``update`` equals ``tx.update``.
+        structure as ``tx``, its state in host memory. ``update`` equals ``tx.update``
+        (with ``compute="host"``, to float rounding: the updates are the new parameters
+        minus the old).
 
     Raises:
         TypeError: ``tx`` is not a transformation, or is already offloaded.
-        ValueError: ``compute`` is not one of ``"device"``, ``"host"``.
+        ValueError: ``compute`` is not one of ``"device"``, ``"host"``, or
+            ``compute="device"`` on devices without a ``pinned_host`` memory.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, scirs2_optim_jax as so
@@ -124,6 +129,13 @@ def offload(
     inner = optax.with_extra_args_support(tx)
     if compute == "host":
         return _host_transformation(inner)
+    kinds = {m.kind for m in jax.local_devices()[0].addressable_memories()}
+    if HOST_MEMORY_KIND not in kinds:
+        raise ValueError(
+            f"{fn}: compute='device' keeps the state in {HOST_MEMORY_KIND!r} memory, which "
+            f"{jax.local_devices()[0].platform} devices here do not have (they have "
+            f"{sorted(kinds)}); use compute='host'"
+        )
 
     def init(params: Any) -> Any:
         return to_memory(inner.init(params), "host")
@@ -151,11 +163,20 @@ def place_state(tx: optax.GradientTransformation, state: Any) -> Any:
         'device'
     """
     described = offload_of(tx)
-    if described is None:
-        return to_memory(state, "device")
-    if described.compute == "host":
+    if described is not None and described.compute == "host":
         return place_tree(state, host_sharding())
-    return to_memory(state, "host")
+    # A state kept by a host step lives on the host's CPU device: it goes to the default
+    # device first (where an accelerator is the default), then into the memory asked for.
+    default = jax.local_devices()[0]
+    state = jax.tree.map(
+        lambda x: jax.device_put(x, default) if _on_other_cpu(x, default) else x, state
+    )
+    return to_memory(state, "device" if described is None else "host")
+
+
+def _on_other_cpu(x: Any, default: jax.Device) -> bool:
+    devices = getattr(x, "devices", lambda: set())()
+    return default.platform != "cpu" and bool(devices) and devices == {host_device()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +196,9 @@ class HostStep:
     inner: optax.GradientTransformation
     one_pass: OnePassStep | None
     master: bool
-    _compiled: dict[Any, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+    _compiled: dict[Any, Callable[..., Any]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def init(self, params: Any) -> Any:
         """The inner state for ``params``, built on the host."""
@@ -184,6 +207,7 @@ class HostStep:
                 f"offload(compute='host'): init was called inside jit; the state lives on "
                 f"the host, call {self.name}'s init outside jit"
             )
+        _check_addressable(f"offload(compute='host') of {self.name}", params, "params")
         sharding = host_sharding()
         with jax.set_mesh(sharding.mesh):
             return jax.jit(self.inner.init)(jax.device_put(params, sharding))
@@ -192,8 +216,10 @@ class HostStep:
         updates, state = self.inner.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    def _host_fn(self, axis_name: str | None, donate_params: bool) -> Callable[..., Any]:
-        key = (axis_name, donate_params and not self.master)
+    def _host_fn(
+        self, axis_name: str | None, donate_state: bool, donate_params: bool
+    ) -> Callable[..., Any]:
+        key = (axis_name, donate_state, donate_params and not self.master)
         if key in self._compiled:
             return self._compiled[key]
         apply = self.one_pass.apply if self.one_pass is not None else self._chain_apply
@@ -216,15 +242,14 @@ class HostStep:
                 # so zeros are built here instead of sending the parameters to the host
                 params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params.tree)
             new_params, new_state = apply(grads, state, params)
-            # Outputs in the donated inputs' order: XLA pairs each donated buffer with the
+            # Outputs in the donated inputs' order: JAX pairs each donated buffer with the
             # first free output of its shape, so (params, state) would pair the moments'
             # buffers with the parameters and copy every array around the in-place kernel.
             return new_state, new_params
 
         static = (2,) if self.master else ()
-        # The state is the optimizer's own, updated in place; the parameters too where
-        # the caller replaces them (or they were copied to get here).
-        donate = (1, 2) if key[1] else (1,)
+        # Updated in place where the caller replaces them, or they were copied to get here.
+        donate = tuple(i for i, d in ((1, key[1]), (2, key[2])) if d)
         jitted = jax.jit(step, static_argnums=static, donate_argnums=donate)
 
         def run(grads: Any, state: Any, params: Any, lower: bool = False) -> Any:
@@ -238,25 +263,21 @@ class HostStep:
 
     def _on_host(
         self, grads: Any, state: Any, params: Any, axis_name: str | None
-    ) -> tuple[Any, Any, Any, bool]:
-        """The arguments on the host, and whether the parameters there are a copy."""
+    ) -> tuple[Any, Any, Any, bool, bool]:
+        """The arguments on the host, and whether the state and the parameters there are
+        copies (nothing of the caller's lived on the host's CPU device)."""
         host = host_sharding(axis_name or "host")
         grads_h, state_h = place_tree((grads, state), host)
         if self.master:
-            return grads_h, state_h, _StructsKey(params), False
-        params_h = place_tree(params, host)
-        copied = all(
-            a is not b
-            for a, b in zip(jax.tree.leaves(params_h), jax.tree.leaves(params), strict=True)
-        )
-        return grads_h, state_h, params_h, copied
+            return grads_h, state_h, _StructsKey(params), _copied(state), False
+        return grads_h, state_h, place_tree(params, host), _copied(state), _copied(params)
 
     def lower(
         self, grads: Any, state: Any, params: Any, *, axis_name: str | None = None
     ) -> jax.stages.Lowered:
         """The host program for these arguments, lowered (for inspection)."""
-        *args, _ = self._on_host(grads, state, params, axis_name)
-        return self._host_fn(axis_name, False)(*args, lower=True)
+        *args, _, _ = self._on_host(grads, state, params, axis_name)
+        return self._host_fn(axis_name, False, False)(*args, lower=True)
 
     def apply(
         self,
@@ -265,22 +286,25 @@ class HostStep:
         params: Any,
         *,
         axis_name: str | None = None,
+        donate_state: bool = False,
         donate_params: bool = False,
     ) -> tuple[Any, Any]:
         """``(new_params, new_state)``: the step on the host. ``new_params`` are on the
         devices and shardings of ``params``; ``new_state`` stays on the host.
-
-        The state is updated in place: ``state`` is consumed (donated), as the state
-        passed to a donating jitted step is.
 
         Args:
             grads: the gradients (any devices; they are copied to the host).
             state: the inner state, on the host (moved there if it is not).
             params: the current parameters.
             axis_name: the data axis a transform of the inner chain reduces over, if any.
-            donate_params: the caller replaces ``params`` with the result, so where they
-                already are on the host they are updated in place (consumed) too. Where
-                they had to be copied to the host the copy is always updated in place.
+            donate_state, donate_params: the caller replaces ``state`` (``params``) with
+                the result, so where it already is on the host it is updated in place and
+                consumed, as a buffer donated to a jitted step is. A copy made to reach the
+                host is always updated in place.
+
+        Raises:
+            TypeError: called while traced by ``jit``.
+            ValueError: ``params`` is None, or an array spans other processes.
         """
         fn = f"offload(compute='host') of {self.name}"
         if is_traced((grads, state, params)):
@@ -292,8 +316,18 @@ class HostStep:
             )
         if params is None:
             raise ValueError(f"{fn}: update needs params")
-        *args, copied = self._on_host(grads, state, params, axis_name)
-        new_state, new_h = self._host_fn(axis_name, donate_params or copied)(*args)
+        for name, tree in (("grads", grads), ("state", state), ("params", params)):
+            _check_addressable(fn, tree, name)
+        *args, state_copied, params_copied = self._on_host(grads, state, params, axis_name)
+        run = self._host_fn(axis_name, donate_state or state_copied, donate_params or params_copied)
+        new_state, new_h = run(*args)
+        if self.master:  # the host saw zeros for the parameters: keep the caller's
+            # non-floating leaves, which with_master_weights leaves as they are
+            new_h = jax.tree.map(
+                lambda new, old: new if jnp.issubdtype(jnp.result_type(old), jnp.floating) else old,
+                new_h,
+                params,
+            )
         # Back where the parameters were (one batched transfer; nothing moves on a CPU).
         shardings = jax.tree.map(
             lambda old, new: getattr(old, "sharding", new.sharding), params, new_h
@@ -301,11 +335,33 @@ class HostStep:
         return place_tree(new_h, shardings), new_state
 
 
+def _copied(tree: Any) -> bool:
+    """Whether placing ``tree`` on the host copies every array (none has a buffer on the
+    host's CPU device that the placement could reuse)."""
+    host = host_device()
+    return all(
+        host not in getattr(x, "sharding", jax.sharding.SingleDeviceSharding(host)).device_set
+        for x in jax.tree.leaves(tree)
+    )
+
+
+def _check_addressable(fn: str, tree: Any, name: str) -> None:
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            raise ValueError(
+                f"{fn}: {name}{jax.tree_util.keystr(path)} spans other processes; the host "
+                "update runs in one process: use offload(tx, compute='device'), which keeps "
+                "each device's state in its own host's memory"
+            )
+
+
 class _StructsKey:
     """Hashable shapes and dtypes of a tree (a static argument of the host program)."""
 
     def __init__(self, tree: Any) -> None:
-        self.tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), tree)
+        self.tree = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), tree
+        )
         leaves, treedef = jax.tree.flatten(self.tree)
         self._key = (treedef, tuple((s.shape, str(s.dtype)) for s in leaves))
 

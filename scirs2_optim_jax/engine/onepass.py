@@ -112,6 +112,10 @@ def apply_gradients(
     """``(new_params, new_state)``: the one-pass step where ``tx`` has one
     (:func:`one_pass_step`), else ``tx.update`` followed by ``optax.apply_updates``.
 
+    For ``offload(tx, compute="host")`` it is the host step
+    (:class:`~scirs2_optim_jax.engine.offload.HostStep`): called outside ``jit``, its
+    arguments left intact.
+
     Example:
         >>> import jax.numpy as jnp, optax
         >>> tx = optax.sgd(0.5)

@@ -8,7 +8,7 @@ import jax
 import optax
 from flax import nnx
 
-from scirs2_optim_jax.engine import host_step, one_pass_step
+from scirs2_optim_jax.engine import HostStep, host_step, one_pass_step
 
 __all__ = ["Optimizer"]
 
@@ -52,7 +52,12 @@ class Optimizer(nnx.Optimizer):
         params = nnx.as_pure(nnx.state(model, self.wrt, **graph))
         grad_arrays = nnx.as_pure(nnx.state(grads, self.wrt, **graph))
         opt_state = nnx.as_pure(self.opt_state)
-        new_params, new_opt_state = step.apply(grad_arrays, opt_state, params)
+        if isinstance(step, HostStep):  # the state is replaced below: updated in place
+            new_params, new_opt_state = step.apply(
+                grad_arrays, opt_state, params, donate_state=True
+            )
+        else:
+            new_params, new_opt_state = step.apply(grad_arrays, opt_state, params)
         nnx.update(model, new_params)
         nnx.update(self.opt_state, nnx.state(new_opt_state, **graph))
         self.step[...] += 1

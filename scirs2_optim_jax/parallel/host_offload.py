@@ -11,7 +11,8 @@ program:
 2. the gradients (each device's slice under ZeRO, so each device sends ``1/N`` of them)
    go to the host, where the engine's one-pass step updates the parameters and the state
    (:class:`~scirs2_optim_jax.engine.offload.HostStep`);
-3. the new parameters go back to the devices, replicated.
+3. the new parameters go back to the devices with the parameters' own sharding
+   (replicated, as the step keeps them).
 
 The host holds the state whole, in the inner optimizer's own layout (what a checkpoint
 stores). Transforms built with ``axis_name`` (a ZeRO chain's clip or LAMB) see whole leaves
@@ -30,7 +31,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from scirs2_optim_jax.engine.memory import host_sharding
 from scirs2_optim_jax.engine.offload import HostStep
@@ -83,7 +84,6 @@ class HostOffloadedStep:
         host: HostStep,
         axis_name: str,
         sliced: bool,
-        replicated: NamedSharding,
         has_aux: bool,
         donate: bool,
     ) -> None:
@@ -91,7 +91,6 @@ class HostOffloadedStep:
         self._host = host
         self._axis_name = axis_name
         self._sliced = sliced
-        self._replicated = replicated
         self._has_aux = has_aux
         self._donate = donate
         self._whole = jax.jit(lambda g, shapes: _whole(g, shapes.tree()), static_argnums=1)
@@ -105,7 +104,12 @@ class HostOffloadedStep:
             with jax.set_mesh(host.mesh):
                 grads = self._whole(jax.device_put(grads, host), _Shapes(params))
         new_params, opt_state = self._host.apply(
-            grads, opt_state, params, axis_name=self._axis_name, donate_params=self._donate
+            grads,
+            opt_state,
+            params,
+            axis_name=self._axis_name,
+            donate_state=self._donate,
+            donate_params=self._donate,
         )
         metrics = {"loss": loss, "grad_norm": grad_norm}
         if self._has_aux:
@@ -167,5 +171,4 @@ def make_host_offload_step(
 
         out_specs = (P(), P(axis_name), P(), P())
     program = jax.jit(shard_map(grads_local, (P(), P(axis_name)), out_specs))
-    replicated = NamedSharding(mesh, P())
-    return HostOffloadedStep(program, host, axis_name, zero_stage > 0, replicated, has_aux, donate)
+    return HostOffloadedStep(program, host, axis_name, zero_stage > 0, has_aux, donate)

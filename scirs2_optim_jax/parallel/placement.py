@@ -15,6 +15,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from scirs2_optim_jax.engine.memory import to_memory
+
 __all__ = ["put_on_mesh", "to_host"]
 
 
@@ -71,5 +73,8 @@ def to_host(x: Any) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         if x.sharding.is_fully_replicated:
             return np.asarray(x.addressable_data(0))
+        # The gather is a device program: a state kept in host memory (offload) joins it
+        # from device memory.
+        x = to_memory(x, "device")
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import optax
 
@@ -112,7 +112,7 @@ class Offload:
     the update computed on the ``"device"`` (state streamed) or on the ``"host"``."""
 
     inner: optax.GradientTransformation
-    compute: str
+    compute: Literal["device", "host"]
 
 
 Description = (

@@ -159,3 +159,31 @@ def test_bad_arguments_raise_clear_errors() -> None:
         jax.jit(tx.init)(params)
     with pytest.raises(ValueError, match="needs params"):
         tx.update(params, state)
+
+
+def test_host_protocol_update_leaves_its_arguments_intact() -> None:
+    tx = so.offload(so.adamw(1e-2), compute="host")
+    params = {"w": jnp.arange(4.0), "b": jnp.ones(2)}
+    state = tx.init(params)
+    updates, new_state = tx.update(params, state, params)
+    # Neither the old state nor the parameters were consumed by the host step.
+    _close(jax.tree.leaves(state)[1:], jax.tree.leaves(so.adamw(1e-2).init(params))[1:])
+    _close(
+        optax.apply_updates(params, updates),
+        so.apply_gradients(so.adamw(1e-2), params, so.adamw(1e-2).init(params), params)[0],
+    )
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+
+
+def test_host_master_weights_keep_integer_leaves() -> None:
+    params = {"w": jnp.ones((3, 2), jnp.bfloat16), "n": jnp.array([3, 4], jnp.int32)}
+
+    def make() -> optax.GradientTransformation:
+        return so.with_master_weights(so.adamw(1e-2))
+
+    grads = {"w": jnp.full((3, 2), 0.5, jnp.bfloat16), "n": jnp.zeros(2, jnp.int32)}
+    want, _ = so.apply_gradients(make(), grads, make().init(params), params)
+    tx = so.offload(make(), compute="host")
+    got, _ = so.apply_gradients(tx, grads, tx.init(params), params)
+    assert got["n"].tolist() == [3, 4]
+    _close(got, want)

@@ -116,3 +116,27 @@ def test_host_update_runs_the_fused_kernel_with_many_devices() -> None:
     assert (
         "scirs2_adam_step" not in plain.lower(params, so.adamw(1e-2).init(params), params).as_text()
     )
+
+
+def test_host_update_keeps_replicated_caller_arrays() -> None:
+    # Parameters replicated over 8 devices share a buffer with the host's CPU device:
+    # the host step must not consume them unless asked to.
+    mesh = parallel.make_data_mesh(8)
+    params = parallel.put_on_mesh({"w": jnp.arange(6.0)}, mesh, P())
+    tx = so.offload(so.adamw(1e-2), compute="host")
+    state = tx.init(params)
+    updates, _ = tx.update(params, state, params)
+    assert np.asarray(params["w"]).tolist() == list(range(6))
+    assert np.isfinite(np.asarray(updates["w"])).all()
+
+
+@pytest.mark.parametrize("compute", ["device", "host"])
+def test_no_donation_leaves_the_state_alive(compute: str) -> None:
+    params, batch = _problem()
+    tx = so.offload(so.adamw(1e-2), compute=compute)
+    step = parallel.make_data_parallel_step(
+        _loss, tx, parallel.make_data_mesh(8), zero_stage=1, donate=False
+    )
+    p, s = step.init(params)
+    step(p, s, batch)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves((p, s)))
