@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from scirs2_optim_jax.cli.arguments import count
+from scirs2_optim_jax.config.registry import OFFLOAD_COMPUTE
 
 __all__ = ["DEMO_MODELS", "add_parser", "run_plan"]
 
@@ -23,7 +24,6 @@ PROG = "scirs2-optim plan"
 DEMO_MODELS = ("digits_mlp", "transformer")
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _REMAT = ("none", "full", "dots", "dots_no_batch")
-_OFFLOAD = ("device", "host")  # engine.offload's compute (planner.OFFLOAD; no JAX here)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -66,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--devices", type=count, metavar="N", help="devices on the data axis")
     parser.add_argument(
         "--offload",
-        choices=_OFFLOAD,
+        choices=OFFLOAD_COMPUTE,
         help="keep the optimizer state (master weights included) in host memory: device "
         "(streamed to the device for each update) or host (updated on the host's CPU) "
         "(default: parallel.offload_optimizer of the config)",

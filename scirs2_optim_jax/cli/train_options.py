@@ -14,6 +14,7 @@ from typing import Any
 from scirs2_optim_jax.cli.arguments import int_in_range, positive_float
 from scirs2_optim_jax.config.registry import (
     COMMAND_LINE_SCHEDULES,
+    OFFLOAD_COMPUTE,
     OPTIMIZERS,
     SCHEDULES,
     normalize_schedule,
@@ -50,8 +51,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "save_every": 100,
     "offload_optimizer": None,
 }
-# Where an offloaded optimizer updates its state (training.spec.OFFLOAD_OPTIMIZER).
-TRAIN_OFFLOAD = ("device", "host")
+# Where an offloaded optimizer updates its state.
+TRAIN_OFFLOAD = OFFLOAD_COMPUTE
 METRICS_HOST = "127.0.0.1"
 # The monitor's own variable names (monitor.ENV_VARS; tests/project/test_deploy.py checks
 # they agree).

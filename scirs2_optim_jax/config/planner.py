@@ -50,6 +50,7 @@ import optax
 
 from scirs2_optim_jax import validation as v
 from scirs2_optim_jax.config.builder import build_optimizer, optimizer_arguments
+from scirs2_optim_jax.config.registry import OFFLOAD_COMPUTE
 from scirs2_optim_jax.config.schema import OPTIMIZER_NAMES, OptimizerConfig, RunConfig
 from scirs2_optim_jax.engine import host_step, offload_of
 from scirs2_optim_jax.engine import offload as offload_transformation
@@ -78,7 +79,7 @@ __all__ = [
 
 # Where plan_memory can put the optimizer state besides device memory (engine.offload's
 # compute argument).
-OFFLOAD: tuple[str, ...] = ("device", "host")
+OFFLOAD: tuple[str, ...] = OFFLOAD_COMPUTE
 
 
 def format_bytes(n: float) -> str:

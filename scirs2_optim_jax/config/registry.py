@@ -26,6 +26,7 @@ from typing import Any, Literal
 __all__ = [
     "COMMAND_LINE_SCHEDULES",
     "HYPERPARAMETER_FIELDS",
+    "OFFLOAD_COMPUTE",
     "OPTIMIZERS",
     "OPTIMIZER_FIELDS",
     "SCHEDULES",
@@ -37,6 +38,10 @@ __all__ = [
     "command_line_schedule",
     "normalize_schedule",
 ]
+
+# Where offload(tx, compute=...) updates an offloaded state (the engine's COMPUTE), for
+# the command line, the config and the planner, which must not import JAX to list it.
+OFFLOAD_COMPUTE: tuple[str, ...] = ("device", "host")
 
 OptimizerName = Literal[
     "adamw",

@@ -75,7 +75,7 @@ HIDDEN = (128, 128)
 TRAIN_SIZE = NUM_SAMPLES - DEFAULT_TEST_SIZE
 AXIS = "data"  # the mesh axis the batch (and, under ZeRO, the optimizer state) is split over
 # Where an offloaded optimizer updates its state, kept in host memory (engine.offload).
-OFFLOAD_OPTIMIZER = ("device", "host")
+OFFLOAD_OPTIMIZER = registry.OFFLOAD_COMPUTE
 
 _FN = "train_digits"
 
