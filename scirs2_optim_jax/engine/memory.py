@@ -18,6 +18,7 @@ from scirs2_optim_jax import validation as v
 
 __all__ = [
     "HOST_MEMORY_KIND",
+    "StaticStructs",
     "host_device",
     "host_sharding",
     "is_traced",
@@ -119,3 +120,27 @@ def place_tree(tree: Any, shardings: Any) -> Any:
         for i, x in zip(todo, moved, strict=True):
             leaves[i] = x
     return jax.tree.unflatten(treedef, leaves)
+
+
+class StaticStructs:
+    """A tree's shapes and dtypes (``.tree``, of ``jax.ShapeDtypeStruct``), hashable: a
+    static argument of a jitted function that needs only them.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> StaticStructs({"w": jnp.ones(2)}) == StaticStructs({"w": jnp.zeros(2)})
+        True
+    """
+
+    def __init__(self, tree: Any) -> None:
+        self.tree = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), tree
+        )
+        leaves, treedef = jax.tree.flatten(self.tree)
+        self._key = (treedef, tuple((s.shape, str(s.dtype)) for s in leaves))
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StaticStructs) and self._key == other._key

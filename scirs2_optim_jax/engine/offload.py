@@ -40,7 +40,6 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
@@ -48,6 +47,7 @@ from scirs2_optim_jax import validation as v
 from scirs2_optim_jax.engine.adam_family import host_program
 from scirs2_optim_jax.engine.memory import (
     HOST_MEMORY_KIND,
+    StaticStructs,
     host_device,
     host_sharding,
     is_traced,
@@ -238,7 +238,7 @@ class HostStep:
             )
 
         def step(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
-            if isinstance(params, _StructsKey):  # master weights: only the dtypes are read,
+            if isinstance(params, StaticStructs):  # master weights: only the dtypes are read,
                 # so zeros are built here instead of sending the parameters to the host
                 params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params.tree)
             new_params, new_state = apply(grads, state, params)
@@ -269,7 +269,7 @@ class HostStep:
         host = host_sharding(axis_name or "host")
         grads_h, state_h = place_tree((grads, state), host)
         if self.master:
-            return grads_h, state_h, _StructsKey(params), _copied(state), False
+            return grads_h, state_h, StaticStructs(params), _copied(state), False
         return grads_h, state_h, place_tree(params, host), _copied(state), _copied(params)
 
     def lower(
@@ -353,23 +353,6 @@ def _check_addressable(fn: str, tree: Any, name: str) -> None:
                 "update runs in one process: use offload(tx, compute='device'), which keeps "
                 "each device's state in its own host's memory"
             )
-
-
-class _StructsKey:
-    """Hashable shapes and dtypes of a tree (a static argument of the host program)."""
-
-    def __init__(self, tree: Any) -> None:
-        self.tree = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), tree
-        )
-        leaves, treedef = jax.tree.flatten(self.tree)
-        self._key = (treedef, tuple((s.shape, str(s.dtype)) for s in leaves))
-
-    def __hash__(self) -> int:
-        return hash(self._key)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _StructsKey) and self._key == other._key
 
 
 def host_step(tx: optax.GradientTransformation) -> HostStep | None:

@@ -30,10 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from scirs2_optim_jax.engine.memory import host_sharding
+from scirs2_optim_jax.engine.memory import StaticStructs, host_sharding
 from scirs2_optim_jax.engine.offload import HostStep
 from scirs2_optim_jax.parallel.zero import reduce_gradients
 from scirs2_optim_jax.transforms.norms import global_norm
@@ -43,35 +42,15 @@ __all__ = ["HostOffloadedStep", "make_host_offload_step"]
 P = PartitionSpec
 
 
-def _whole(slices: Any, shapes: Any) -> Any:
-    """Each leaf's concatenated, padded slices (``N * chunk`` elements) back in its
-    parameter's shape (``shapes``: a tree of shape tuples, static)."""
+def _whole(slices: Any, structs: Any) -> Any:
+    """Each leaf's concatenated, padded slices (``N * chunk`` elements) back in the shape of
+    its parameter (``structs``: the parameters' shapes)."""
     leaves, treedef = jax.tree.flatten(slices)
     whole = [
-        s[: math.prod(shape)].reshape(shape)
-        for s, shape in zip(leaves, treedef.flatten_up_to(shapes), strict=True)
+        s[: math.prod(p.shape)].reshape(p.shape)
+        for s, p in zip(leaves, treedef.flatten_up_to(structs), strict=True)
     ]
     return jax.tree.unflatten(treedef, whole)
-
-
-class _Shapes:
-    """The parameters' shapes as a hashable static argument."""
-
-    def __init__(self, params: Any) -> None:
-        leaves, self.treedef = jax.tree.flatten(params)
-        self.shapes = tuple(np.shape(p) for p in leaves)
-
-    def tree(self) -> Any:
-        return self.treedef.unflatten(self.shapes)
-
-    def __hash__(self) -> int:
-        return hash((self.treedef, self.shapes))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Shapes) and (self.treedef, self.shapes) == (
-            other.treedef,
-            other.shapes,
-        )
 
 
 class HostOffloadedStep:
@@ -93,7 +72,7 @@ class HostOffloadedStep:
         self._sliced = sliced
         self._has_aux = has_aux
         self._donate = donate
-        self._whole = jax.jit(lambda g, shapes: _whole(g, shapes.tree()), static_argnums=1)
+        self._whole = jax.jit(lambda g, structs: _whole(g, structs.tree), static_argnums=1)
 
     def __call__(self, params: Any, opt_state: Any, batch: Any) -> tuple[Any, Any, Any]:
         loss, grads, aux, grad_norm = self._grads(params, batch)
@@ -102,7 +81,7 @@ class HostOffloadedStep:
             # host puts the whole mean gradient back together.
             host = host_sharding(self._axis_name)
             with jax.set_mesh(host.mesh):
-                grads = self._whole(jax.device_put(grads, host), _Shapes(params))
+                grads = self._whole(jax.device_put(grads, host), StaticStructs(params))
         new_params, opt_state = self._host.apply(
             grads,
             opt_state,
