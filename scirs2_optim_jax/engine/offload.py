@@ -288,6 +288,7 @@ class HostStep:
         axis_name: str | None = None,
         donate_state: bool = False,
         donate_params: bool = False,
+        place: bool = True,
     ) -> tuple[Any, Any]:
         """``(new_params, new_state)``: the step on the host. ``new_params`` are on the
         devices and shardings of ``params``; ``new_state`` stays on the host.
@@ -301,6 +302,8 @@ class HostStep:
                 the result, so where it already is on the host it is updated in place and
                 consumed, as a buffer donated to a jitted step is. A copy made to reach the
                 host is always updated in place.
+            place: put the new parameters back where ``params`` are; False leaves them
+                on the host, for a caller that places them itself.
 
         Raises:
             TypeError: called while traced by ``jit``.
@@ -323,11 +326,18 @@ class HostStep:
         new_state, new_h = run(*args)
         if self.master:  # the host saw zeros for the parameters: keep the caller's
             # non-floating leaves, which with_master_weights leaves as they are
+            host = host_sharding(axis_name or "host")
             new_h = jax.tree.map(
-                lambda new, old: new if jnp.issubdtype(jnp.result_type(old), jnp.floating) else old,
+                lambda new, old: (
+                    new
+                    if jnp.issubdtype(jnp.result_type(old), jnp.floating)
+                    else (old if place else jax.device_put(old, host))
+                ),
                 new_h,
                 params,
             )
+        if not place:
+            return new_h, new_state
         # Back where the parameters were (one batched transfer; nothing moves on a CPU).
         shardings = jax.tree.map(
             lambda old, new: getattr(old, "sharding", new.sharding), params, new_h

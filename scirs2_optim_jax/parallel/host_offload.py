@@ -11,8 +11,9 @@ program:
 2. the gradients (each device's slice under ZeRO, so each device sends ``1/N`` of them)
    go to the host, where the engine's one-pass step updates the parameters and the state
    (:class:`~scirs2_optim_jax.engine.offload.HostStep`);
-3. the new parameters go back to the devices with the parameters' own sharding
-   (replicated, as the step keeps them).
+3. the new parameters go back to the devices: each device receives its ``1/N`` slice
+   from the host and a device program all-gathers them (as ZeRO-Offload does), so the
+   host link carries one copy of the parameters per step, not one per device.
 
 The host holds the state whole, in the inner optimizer's own layout (what a checkpoint
 stores). Transforms built with ``axis_name`` (a ZeRO chain's clip or LAMB) see whole leaves
@@ -30,16 +31,28 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-from jax.sharding import Mesh, PartitionSpec
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from scirs2_optim_jax.engine.memory import StaticStructs, host_sharding
+from scirs2_optim_jax.engine.memory import StaticStructs, host_sharding, place_tree
 from scirs2_optim_jax.engine.offload import HostStep
-from scirs2_optim_jax.parallel.zero import reduce_gradients
+from scirs2_optim_jax.parallel.layout import zero_chunk_size
+from scirs2_optim_jax.parallel.zero import gather_updates, reduce_gradients
 from scirs2_optim_jax.transforms.norms import global_norm
 
 __all__ = ["HostOffloadedStep", "make_host_offload_step"]
 
 P = PartitionSpec
+
+
+def _padded(params: Any, n: int) -> Any:
+    """Each leaf flattened and zero-padded to ``N * chunk`` elements (ZeRO's layout), so
+    that splitting it over ``N`` devices gives each device its slice."""
+
+    def leaf(x: jax.Array) -> jax.Array:
+        return jnp.pad(x.reshape(-1), (0, n * zero_chunk_size(x.size, n) - x.size))
+
+    return jax.tree.map(leaf, params)
 
 
 def _whole(slices: Any, structs: Any) -> Any:
@@ -73,6 +86,36 @@ class HostOffloadedStep:
         self._has_aux = has_aux
         self._donate = donate
         self._whole = jax.jit(lambda g, structs: _whole(g, structs.tree), static_argnums=1)
+        self._padded = jax.jit(_padded, static_argnums=1)
+        self._gathers: dict[StaticStructs, Callable[[Any], Any]] = {}
+
+    def _gather(self, mesh: Mesh, structs: StaticStructs) -> Callable[[Any], Any]:
+        """The device program that all-gathers the parameter slices, replicated."""
+        if structs not in self._gathers:
+            axis = self._axis_name
+            gather = jax.shard_map(
+                lambda s: gather_updates(s, structs.tree, axis),
+                mesh=mesh,
+                in_specs=P(axis),
+                out_specs=P(),
+                check_vma=False,
+            )
+            self._gathers[structs] = jax.jit(gather)
+        return self._gathers[structs]
+
+    def _to_devices(self, new: Any, params: Any) -> Any:
+        """The new parameters, on the host, placed as ``params`` are (replicated)."""
+        leaves = jax.tree.leaves(params)
+        mesh = getattr(leaves[0].sharding, "mesh", None) if leaves else None
+        if not isinstance(mesh, Mesh) or mesh.shape[self._axis_name] == 1:
+            return place_tree(new, jax.tree.map(lambda p: p.sharding, params))
+        n = mesh.shape[self._axis_name]
+        with jax.set_mesh(host_sharding(self._axis_name).mesh):
+            flat = self._padded(new, n)
+        # Each device receives its slice: one copy of the parameters over the host link.
+        slices = jax.device_put(flat, NamedSharding(mesh, P(self._axis_name)))
+        with jax.set_mesh(mesh):
+            return self._gather(mesh, StaticStructs(params))(slices)
 
     def __call__(self, params: Any, opt_state: Any, batch: Any) -> tuple[Any, Any, Any]:
         loss, grads, aux, grad_norm = self._grads(params, batch)
@@ -82,14 +125,16 @@ class HostOffloadedStep:
             host = host_sharding(self._axis_name)
             with jax.set_mesh(host.mesh):
                 grads = self._whole(jax.device_put(grads, host), StaticStructs(params))
-        new_params, opt_state = self._host.apply(
+        new_host, opt_state = self._host.apply(
             grads,
             opt_state,
             params,
             axis_name=self._axis_name,
             donate_state=self._donate,
             donate_params=self._donate,
+            place=False,
         )
+        new_params = self._to_devices(new_host, params)
         metrics = {"loss": loss, "grad_norm": grad_norm}
         if self._has_aux:
             metrics["aux"] = aux

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import count_compilations
 from jax.sharding import PartitionSpec as P
 
 import scirs2_optim_jax as so
@@ -140,3 +141,21 @@ def test_no_donation_leaves_the_state_alive(compute: str) -> None:
     p, s = step.init(params)
     step(p, s, batch)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves((p, s)))
+
+
+def test_host_step_returns_replicated_params_and_compiles_once() -> None:
+    # The new parameters come back as slices, all-gathered on the devices: replicated as
+    # they went in, so later steps reuse every compiled program.
+    params, batch = _problem()
+    tx = so.offload(
+        so.chain(so.clip_by_global_norm(1.0, axis_name="data"), so.adamw(1e-2)), compute="host"
+    )
+    step = parallel.make_data_parallel_step(_loss, tx, parallel.make_data_mesh(8), zero_stage=2)
+    p, s = step.init(params)
+    p, s, _ = step(p, s, batch)
+    p, s, _ = step(p, s, batch)
+    with count_compilations() as compiled:
+        for _ in range(2):
+            p, s, _ = step(p, s, batch)
+    assert compiled == []
+    assert all(x.sharding.is_fully_replicated and len(x.devices()) == 8 for x in jax.tree.leaves(p))
