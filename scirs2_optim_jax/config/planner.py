@@ -166,9 +166,8 @@ class MemoryPlan:
     are per device wherever they live; ``offload`` says where the optimizer state (master
     weights included) is: None in device memory, ``"device"`` or ``"host"`` in host memory
     (the ``compute`` of :func:`~scirs2_optim_jax.engine.offload`). ``streamed_bytes`` is
-    what crosses the host link per device and step with offload (0 without). With
-    ``"host"`` and ZeRO stage 0 the gradients are whole on every device and one copy of
-    them goes down, so for that term the figure is an upper bound per device.
+    what crosses the busiest device's host link per step with offload (0 without), the
+    link that sets the step's time.
     """
 
     num_params: int
@@ -442,9 +441,12 @@ def plan_memory(
     if offload == "device":  # the state to the device for the update, and back
         streamed = 2 * (state_bytes + master_bytes)
     elif offload == "host":
-        # The gradients go down (each device its ZeRO slice), the new parameters come up
-        # whole; the parameters go down too unless the host step keeps master weights.
-        streamed = _tree_bytes(floating, devices if stage >= 1 else 1) + param_bytes
+        # Over the busiest device's link: the gradients go down (under ZeRO each device its
+        # slice; without it one device sends them whole), the new parameters come up as
+        # each device's slice (all-gathered on the devices), and without master weights
+        # the parameters go down too, whole, from one device.
+        streamed = _tree_bytes(floating, devices if stage >= 1 else 1)
+        streamed += _tree_bytes(abstract, devices)
         if not _host_keeps_master(offloaded or tx):
             streamed += param_bytes
     else:

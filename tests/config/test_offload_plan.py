@@ -158,9 +158,11 @@ def test_zero_and_offload_plan_the_state_slice_per_device() -> None:
         plan = plan_memory(n, "adamw", zero_stage=stage, num_devices=devices, offload="host")
         assert plan.host_bytes == 2 * 4 * shard + 4
         assert plan.device_bytes == 4 * n + 4 * (shard if stage == 2 else n)
-        # Each device sends its gradient slice and gets the whole parameters back, which
-        # also went down (no master weights in fp32).
-        assert plan.streamed_bytes == 4 * shard + 2 * 4 * n
+        # Each device sends its gradient slice and gets its slice of the new parameters
+        # back; one device sends the parameters down whole (no master weights in fp32).
+        assert plan.streamed_bytes == 4 * shard + 4 * shard + 4 * n
+    stage0 = plan_memory(n, "adamw", num_devices=devices, offload="host")
+    assert stage0.streamed_bytes == 4 * n + 4 * shard + 4 * n  # one device sends grads whole
     plain = plan_memory(n, "adamw", zero_stage=1, num_devices=devices)
     assert plain.offload is None and plain.host_bytes == 0 and plain.streamed_bytes == 0
     assert plain.device_bytes == plain.total_bytes
