@@ -54,15 +54,6 @@ def _default_kind(sharding: jax.sharding.Sharding) -> str | None:
     return device.default_memory().kind
 
 
-def _put_concrete(x: Any, where: str) -> Any:
-    if not isinstance(x, jax.Array):
-        x = jnp.asarray(x)
-    kind = HOST_MEMORY_KIND if where == "host" else _default_kind(x.sharding)
-    if x.sharding.memory_kind == kind:
-        return x
-    return jax.device_put(x, x.sharding.with_memory_kind(kind))
-
-
 def to_memory(tree: Any, where: Literal["host", "device"]) -> Any:
     """``tree``'s arrays moved to host memory (``pinned_host``) or device memory, on the
     same devices with the same sharding. Works on concrete arrays and inside ``jit`` and
@@ -77,7 +68,13 @@ def to_memory(tree: Any, where: Literal["host", "device"]) -> Any:
     if is_traced(tree):
         space = jax.memory.Space.Host if where == "host" else jax.memory.Space.Device
         return jax.tree.map(lambda x: jax.device_put(x, space), tree)
-    return jax.tree.map(lambda x: _put_concrete(x, where), tree)
+    tree = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
+
+    def target(x: jax.Array) -> jax.sharding.Sharding:
+        kind = HOST_MEMORY_KIND if where == "host" else _default_kind(x.sharding)
+        return x.sharding.with_memory_kind(kind)
+
+    return place_tree(tree, jax.tree.map(target, tree))
 
 
 def _placed(x: Any, sharding: jax.sharding.Sharding) -> bool:

@@ -124,8 +124,8 @@ def offload(
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(f"{fn}: tx must be an optax.GradientTransformation, got {tx!r}")
     v.check_one_of(fn, "compute", compute, COMPUTE)
-    if offload_of(tx) is not None:
-        raise TypeError(f"{fn}: tx is already offloaded ({offload_of(tx)!r})")
+    if (already := offload_of(tx)) is not None:
+        raise TypeError(f"{fn}: tx is already offloaded ({already!r})")
     inner = optax.with_extra_args_support(tx)
     if compute == "host":
         return _host_transformation(inner)
@@ -356,6 +356,8 @@ def _copied(tree: Any) -> bool:
 
 
 def _check_addressable(fn: str, tree: Any, name: str) -> None:
+    if jax.process_count() == 1:  # every array is addressable: nothing to walk per step
+        return
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             raise ValueError(

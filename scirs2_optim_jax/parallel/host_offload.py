@@ -103,8 +103,9 @@ class HostOffloadedStep:
             self._gathers[structs] = jax.jit(gather)
         return self._gathers[structs]
 
-    def _to_devices(self, new: Any, params: Any) -> Any:
-        """The new parameters, on the host, placed as ``params`` are (replicated)."""
+    def _to_devices(self, new: Any, params: Any, structs: StaticStructs) -> Any:
+        """The new parameters, on the host, placed as ``params`` (of ``structs``) are:
+        replicated."""
         leaves = jax.tree.leaves(params)
         mesh = getattr(leaves[0].sharding, "mesh", None) if leaves else None
         if not isinstance(mesh, Mesh) or mesh.shape[self._axis_name] == 1:
@@ -115,16 +116,17 @@ class HostOffloadedStep:
         # Each device receives its slice: one copy of the parameters over the host link.
         slices = jax.device_put(flat, NamedSharding(mesh, P(self._axis_name)))
         with jax.set_mesh(mesh):
-            return self._gather(mesh, StaticStructs(params))(slices)
+            return self._gather(mesh, structs)(slices)
 
     def __call__(self, params: Any, opt_state: Any, batch: Any) -> tuple[Any, Any, Any]:
         loss, grads, aux, grad_norm = self._grads(params, batch)
+        structs = StaticStructs(params)
         if self._sliced:
             # Each device's slice goes to the host (1/N of the gradient per device); the
             # host puts the whole mean gradient back together.
             host = host_sharding(self._axis_name)
             with jax.set_mesh(host.mesh):
-                grads = self._whole(jax.device_put(grads, host), StaticStructs(params))
+                grads = self._whole(jax.device_put(grads, host), structs)
         new_host, opt_state = self._host.apply(
             grads,
             opt_state,
@@ -134,7 +136,7 @@ class HostOffloadedStep:
             donate_params=self._donate,
             place=False,
         )
-        new_params = self._to_devices(new_host, params)
+        new_params = self._to_devices(new_host, params, structs)
         metrics = {"loss": loss, "grad_norm": grad_norm}
         if self._has_aux:
             metrics["aux"] = aux
