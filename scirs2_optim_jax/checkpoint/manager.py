@@ -44,6 +44,7 @@ import functools
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,8 @@ def _quiet_read_only_notice(read_only: bool) -> Iterator[None]:
 
 
 QUARANTINE = "quarantine"
+# How long a failed save's leftover writes are waited for when its directory is removed.
+FAILED_SAVE_CLEANUP_S = 10.0
 
 
 # Saved tree descriptions name this type by its import path,
@@ -514,6 +517,7 @@ class CheckpointManager:
                 try:
                     self._mgr.save(step, args=args, metrics=metrics, force=True)
                 except BaseException:
+                    self._remove_failed_save(step)
                     self._mgr.reload()  # the step is not committed: forget it
                     raise
                 self._purge_deleted()
@@ -526,6 +530,28 @@ class CheckpointManager:
         # coordination service) then writes and commits, and ours waits for it.
         self._mgr.save(step, args=args, metrics=metrics, force=True)
         self._saves.start(step, functools.partial(self._finish_orbax_save, step))
+
+    def _remove_failed_save(self, step: int) -> None:
+        """Removes the temporary directory of a save of ``step`` that failed.
+
+        Orbax raises at the first item that fails while the others may still be writing
+        into the temporary directory; a later save, in this manager or a new one, would then
+        fail to clean it up ("Directory not empty"). The removal is retried until those
+        writes stop, for up to :data:`FAILED_SAVE_CLEANUP_S` seconds.
+        """
+        deadline = time.monotonic() + FAILED_SAVE_CLEANUP_S
+        for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            while True:
+                try:
+                    shutil.rmtree(tmp)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as err:
+                    if time.monotonic() > deadline:
+                        logger.warning("could not remove %s after a failed save: %s", tmp, err)
+                        break
+                    time.sleep(0.05)
 
     def _finish_orbax_save(self, step: int) -> None:
         """Waits for Orbax's asynchronous save of ``step``; raises unless it committed."""
