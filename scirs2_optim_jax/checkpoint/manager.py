@@ -101,7 +101,9 @@ def _quiet_read_only_notice(read_only: bool) -> Iterator[None]:
 
 
 QUARANTINE = "quarantine"
-# How long a failed save's leftover writes are waited for when its directory is removed.
+# A failed save's temporary directory is removed again until it has stayed away this long
+# (its other items' writes have stopped), for at most FAILED_SAVE_CLEANUP_S.
+FAILED_SAVE_QUIET_S = 0.5
 FAILED_SAVE_CLEANUP_S = 10.0
 
 
@@ -535,23 +537,29 @@ class CheckpointManager:
         """Removes the temporary directory of a save of ``step`` that failed.
 
         Orbax raises at the first item that fails while the others may still be writing
-        into the temporary directory; a later save, in this manager or a new one, would then
-        fail to clean it up ("Directory not empty"). The removal is retried until those
-        writes stop, for up to :data:`FAILED_SAVE_CLEANUP_S` seconds.
+        into the temporary directory (and may create it again after a removal); a later
+        save, in this manager or a new one, would then fail to clean it up ("Directory not
+        empty"). So the removal is repeated until the directory has stayed away for
+        :data:`FAILED_SAVE_QUIET_S` seconds, for up to :data:`FAILED_SAVE_CLEANUP_S`.
         """
         deadline = time.monotonic() + FAILED_SAVE_CLEANUP_S
-        for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-            while True:
-                try:
+        pattern = f"{step}.orbax-checkpoint-tmp*"
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            leftovers = list(self.directory.glob(pattern))
+            if not leftovers and time.monotonic() - quiet_since >= FAILED_SAVE_QUIET_S:
+                return
+            for tmp in leftovers:
+                quiet_since = time.monotonic()
+                with contextlib.suppress(OSError):  # still being written: tried again
                     shutil.rmtree(tmp)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as err:
-                    if time.monotonic() > deadline:
-                        logger.warning("could not remove %s after a failed save: %s", tmp, err)
-                        break
-                    time.sleep(0.05)
+            time.sleep(0.02)
+        logger.warning(
+            "a failed save of step %d left %s behind: %s",
+            step,
+            pattern,
+            [str(p) for p in self.directory.glob(pattern)],
+        )
 
     def _finish_orbax_save(self, step: int) -> None:
         """Waits for Orbax's asynchronous save of ``step``; raises unless it committed."""
