@@ -8,11 +8,14 @@ For configs b-e of the benchmark, one process times, in turn:
   hyperparameters;
 - ``train_state``: a jitted, donated ``state.apply_gradients(grads=grads)``, ours with
   :class:`scirs2_optim_jax.flax.TrainState`, optax's with Flax's ``TrainState``;
+- ours both ways: with Flax's state layout (the default, ``ours``) and with
+  ``state_layout="engine"`` (``engine``: the layout the engine picks);
 - PyTorch's fused AdamW on the same shapes (b and c, when torch is installed);
 - the streaming kernel that gives the bandwidth bound, as in the main harness;
 - ``dispatch``: a jitted, donated identity over our carried state (the NNX state or the
   ``TrainState``): what calling a step with that many arrays costs before any arithmetic
-  (pytree flattening, argument handling), which both sides pay.
+  (pytree flattening, argument handling), which optax's step pays too; ``engine_dispatch``
+  the same over the state in the engine's layout.
 
 Each entry runs twice per round and the second run is timed, and the order rotates every
 round, so load drift hits all alike. Compile times are measured separately (lower +
@@ -59,11 +62,26 @@ class FlaxPathResult:
     optax_compile_s: float
     torch_ms: float | None = None
     dispatch_ms: float | None = None
+    engine_ms: float | None = None
+    engine_compile_s: float | None = None
+    engine_dispatch_ms: float | None = None
 
     @property
     def speedup(self) -> float:
         """optax time / our time."""
         return self.optax_ms / self.ours_ms
+
+    @property
+    def engine_speedup(self) -> float | None:
+        """optax time / our time with ``state_layout="engine"``."""
+        return None if self.engine_ms is None else self.optax_ms / self.engine_ms
+
+    @property
+    def engine_vs_torch(self) -> float | None:
+        """PyTorch's fused AdamW time / our time with ``state_layout="engine"``."""
+        if self.torch_ms is None or self.engine_ms is None:
+            return None
+        return self.torch_ms / self.engine_ms
 
     @property
     def vs_torch(self) -> float | None:
@@ -72,7 +90,12 @@ class FlaxPathResult:
 
     def as_dict(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
-        row.update(speedup=self.speedup, vs_torch=self.vs_torch)
+        row.update(
+            speedup=self.speedup,
+            vs_torch=self.vs_torch,
+            engine_speedup=self.engine_speedup,
+            engine_vs_torch=self.engine_vs_torch,
+        )
         return row
 
 
@@ -102,10 +125,10 @@ def _identity(carry: list[Any], grads: Any) -> Callable[[], None]:
 
 
 def _nnx_entry(
-    optimizer_cls: type, tx: optax.GradientTransformation, params: Any, grads: Any
+    optimizer_cls: type, tx: optax.GradientTransformation, params: Any, grads: Any, **kw: Any
 ) -> tuple[Callable[[], None], float]:
     model = _Leaves(params)
-    optimizer = optimizer_cls(model, tx, wrt=nnx.Param)
+    optimizer = optimizer_cls(model, tx, wrt=nnx.Param, **kw)
     graphdef, state = nnx.split((model, optimizer))
     grad_state = nnx.state(_Leaves(grads), nnx.Param)
 
@@ -125,9 +148,9 @@ def _nnx_entry(
 
 
 def _train_state_entry(
-    state_cls: type, tx: optax.GradientTransformation, params: Any, grads: Any
+    state_cls: type, tx: optax.GradientTransformation, params: Any, grads: Any, **kw: Any
 ) -> tuple[Callable[[], None], float]:
-    state = state_cls.create(apply_fn=None, params=params, tx=tx)
+    state = state_cls.create(apply_fn=None, params=params, tx=tx, **kw)
 
     def step(state: Any, grads: Any) -> Any:
         return state.apply_gradients(grads=grads)
@@ -150,26 +173,30 @@ def _standard_promotion(make: Callable[[], Any]) -> Any:
 
 def _entries(
     config: BenchConfig, path: str, params: Any, grads: Any
-) -> tuple[dict[str, Callable[[], None]], float, float]:
+) -> tuple[dict[str, Callable[[], None]], dict[str, float]]:
     fresh = lambda tree: jax.tree.map(lambda x: x.copy(), tree)
-    if path == "nnx":
-        ours, ours_c = _nnx_entry(so_flax.Optimizer, config.ours(), fresh(params), grads)
-        theirs, theirs_c = _standard_promotion(
-            lambda: _nnx_entry(nnx.Optimizer, config.reference(), fresh(params), grads)
-        )
-    else:
-        ours, ours_c = _train_state_entry(so_flax.TrainState, config.ours(), fresh(params), grads)
-        theirs, theirs_c = _standard_promotion(
-            lambda: _train_state_entry(
-                train_state.TrainState, config.reference(), fresh(params), grads
-            )
-        )
+    entry, ours_cls, theirs_cls = {
+        "nnx": (_nnx_entry, so_flax.Optimizer, nnx.Optimizer),
+        "train_state": (_train_state_entry, so_flax.TrainState, train_state.TrainState),
+    }[path]
+    ours, ours_c = entry(ours_cls, config.ours(), fresh(params), grads)
+    engine, engine_c = entry(ours_cls, config.ours(), fresh(params), grads, state_layout="engine")
+    theirs, theirs_c = _standard_promotion(
+        lambda: entry(theirs_cls, config.reference(), fresh(params), grads)
+    )
 
     def optax_run() -> None:
         with jax.numpy_dtype_promotion("standard"):
             theirs()
 
-    return {"ours": ours, "optax": optax_run, "dispatch": ours.dispatch}, ours_c, theirs_c
+    entries = {
+        "ours": ours,
+        "engine": engine,
+        "optax": optax_run,
+        "dispatch": ours.dispatch,  # type: ignore[attr-defined]
+        "engine_dispatch": engine.dispatch,  # type: ignore[attr-defined]
+    }
+    return entries, {"ours": ours_c, "engine": engine_c, "optax": theirs_c}
 
 
 def run_flax_path(
@@ -182,7 +209,7 @@ def run_flax_path(
     params = config.make_params(config.param_dtype, 0)
     grads = config.make_params(config.param_dtype, 1)
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-    entries, ours_compile, optax_compile = _entries(config, path, params, grads)
+    entries, compile_s = _entries(config, path, params, grads)
     stream, x = _streaming_kernel(num_params * config.bytes_per_param // 8)
     stream_carry = [x]
 
@@ -212,10 +239,13 @@ def run_flax_path(
         ours_ms=median_ms["ours"],
         optax_ms=median_ms["optax"],
         bound_ms=median_ms["stream"],
-        ours_compile_s=ours_compile,
-        optax_compile_s=optax_compile,
+        ours_compile_s=compile_s["ours"],
+        optax_compile_s=compile_s["optax"],
         torch_ms=median_ms.get("torch"),
         dispatch_ms=median_ms["dispatch"],
+        engine_ms=median_ms["engine"],
+        engine_compile_s=compile_s["engine"],
+        engine_dispatch_ms=median_ms["engine_dispatch"],
     )
 
 
@@ -239,18 +269,29 @@ def run_flax_paths(
 
 def format_row(result: FlaxPathResult) -> str:
     """One line of the table :func:`header` heads."""
-    torch = "-" if result.torch_ms is None else f"{result.torch_ms:8.2f} {result.vs_torch:5.2f}x"
+    torch = "-"
+    if result.torch_ms is not None:
+        torch = f"{result.torch_ms:8.2f} {result.vs_torch:5.2f}x"
+        if result.engine_vs_torch is not None:
+            torch += f" {result.engine_vs_torch:5.2f}x"
+    engine = "-"
+    if result.engine_ms is not None:
+        engine = (
+            f"{result.engine_ms:8.2f} {result.engine_speedup:6.2f}x "
+            f"{result.engine_dispatch_ms or 0.0:8.2f} {result.engine_compile_s or 0.0:7.1f}"
+        )
     return (
         f"{result.config:>3} {result.path:<11} {result.num_leaves:>6} "
         f"{result.ours_ms:8.2f} {result.optax_ms:8.2f} {result.speedup:6.2f}x "
         f"{result.bound_ms:8.2f} {result.dispatch_ms or 0.0:8.2f} "
-        f"{result.ours_compile_s:7.1f} {result.optax_compile_s:7.1f} {torch}"
+        f"{result.ours_compile_s:7.1f} {result.optax_compile_s:7.1f} {engine} {torch}"
     )
 
 
 def header() -> str:
-    """The column names of :func:`format_row`."""
+    """The column names of :func:`format_row` (``eng``: ours with
+    ``state_layout="engine"``)."""
     return (
         "cfg path        leaves  ours ms optax ms speedup  bound ms call ms ours cs optax cs "
-        "torch ms ours/torch"
+        " eng ms eng/optax eng call eng cs torch ms ours/torch eng/torch"
     )

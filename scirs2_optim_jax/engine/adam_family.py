@@ -37,11 +37,19 @@ from scirs2_optim_jax.transforms.description import (
     ScaleByTrustRatio,
     describe_of,
 )
+from scirs2_optim_jax.transforms.grouped import GroupedAdamState, group_bounds
 from scirs2_optim_jax.transforms.masking import mask_leaves
 from scirs2_optim_jax.transforms.moments import bias_correction, safe_increment
 from scirs2_optim_jax.transforms.weight_decay import add_decayed_weights
 
-__all__ = ["AdamFamilyPlan", "host_program", "kernel_applies", "match_adam_family"]
+__all__ = [
+    "AdamFamilyPlan",
+    "group_moments",
+    "host_program",
+    "kernel_applies",
+    "match_adam_family",
+    "ungroup_moments",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,8 +250,12 @@ def kernel_step(
     low-precision parameters come back third.
     """
     adam_state = state[0]
+    grouped = isinstance(adam_state, GroupedAdamState)
     v.check_tree_matches(plan.name, grads, params, ref_name="params")
-    v.check_tree_matches(plan.name, grads, adam_state.mu)
+    if grouped:
+        _check_groups(plan.name, adam_state, params)
+    else:
+        v.check_tree_matches(plan.name, grads, adam_state.mu)
     leaves, treedef = jax.tree.flatten(grads)
     count = safe_increment(adam_state.count)
     neg_lr, rate, new_state = _scalar_rates(plan, tx_parts, state)
@@ -259,7 +271,10 @@ def kernel_step(
         bias_correction(b2, count),
         _released(grad_scale),
     )
-    mu, nu = treedef.flatten_up_to(adam_state.mu), treedef.flatten_up_to(adam_state.nu)
+    if grouped:
+        mu, nu = list(adam_state.mu), list(adam_state.nu)
+    else:
+        mu, nu = treedef.flatten_up_to(adam_state.mu), treedef.flatten_up_to(adam_state.nu)
     low = None if low_params is None else treedef.flatten_up_to(low_params)
     outs, new_mu, new_nu, new_low = fused_step(
         plan.kind,
@@ -271,10 +286,14 @@ def kernel_step(
         apply=apply,
         decay=_decay_flags(plan, params, grads, len(leaves)),
         low_params=low,
+        grouped=grouped,
     )
-    new_state[0] = ScaleByAdamState(
-        count=count, mu=treedef.unflatten(new_mu), nu=treedef.unflatten(new_nu)
-    )
+    if grouped:
+        new_state[0] = GroupedAdamState(count=count, mu=tuple(new_mu), nu=tuple(new_nu))
+    else:
+        new_state[0] = ScaleByAdamState(
+            count=count, mu=treedef.unflatten(new_mu), nu=treedef.unflatten(new_nu)
+        )
     new_low_tree = None if low_params is None else treedef.unflatten(new_low)
     return treedef.unflatten(outs), tuple(new_state), new_low_tree
 
@@ -296,3 +315,63 @@ def master_pass_applies(
     ):
         return False
     return kernel_applies(plan.name, plan.fused, True, "master weights and moments")
+
+
+def _group_sizes(params: Any) -> list[int]:
+    """The element count of each group of :func:`group_bounds` over ``params``' leaves."""
+    sizes = [int(jnp.size(x)) for x in jax.tree.leaves(params)]
+    return [sum(sizes[start:end]) for start, end in group_bounds(len(sizes))]
+
+
+def _check_groups(name: str, state: GroupedAdamState, params: Any) -> None:
+    expected = _group_sizes(params)
+    for which, buffers in (("mu", state.mu), ("nu", state.nu)):
+        got = [int(jnp.size(b)) for b in buffers]
+        if got != expected:
+            raise ValueError(
+                f"{name}: the grouped moments {which} hold {got} elements per group, "
+                f"the parameters need {expected}; the state belongs to other parameters"
+            )
+
+
+def group_moments(adam_state: ScaleByAdamState, params: Any) -> GroupedAdamState:
+    """Adam's moments as one flat float32 buffer per group of ``params``' leaves.
+
+    The kernel reads the same numbers from either layout; the grouped one has two arrays
+    per 256 leaves instead of two per leaf, which is what a step's caller pays for.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> params = {"a": jnp.ones((2, 2)), "b": jnp.ones(3)}
+        >>> state = ScaleByAdamState(jnp.zeros([], jnp.int32), params, params)
+        >>> [x.shape for x in group_moments(state, params).mu]
+        [(7,)]
+    """
+    treedef = jax.tree.structure(params)
+
+    def flat(tree: Any) -> tuple[jax.Array, ...]:
+        leaves = treedef.flatten_up_to(tree)
+        return tuple(
+            jnp.concatenate([jnp.ravel(x) for x in leaves[start:end]])
+            for start, end in group_bounds(len(leaves))
+        )
+
+    return GroupedAdamState(count=adam_state.count, mu=flat(adam_state.mu), nu=flat(adam_state.nu))
+
+
+def ungroup_moments(state: GroupedAdamState, params: Any) -> ScaleByAdamState:
+    """The inverse of :func:`group_moments`: one moment array per leaf of ``params``."""
+    _check_groups("ungroup_moments", state, params)
+    leaves, treedef = jax.tree.flatten(params)
+
+    def tree(buffers: tuple[jax.Array, ...]) -> Any:
+        out: list[jax.Array] = []
+        for buffer, (start, end) in zip(buffers, group_bounds(len(leaves)), strict=True):
+            offset = 0
+            for leaf in leaves[start:end]:
+                size = int(jnp.size(leaf))
+                out.append(jnp.reshape(buffer[offset : offset + size], jnp.shape(leaf)))
+                offset += size
+        return treedef.unflatten(out)
+
+    return ScaleByAdamState(count=state.count, mu=tree(state.mu), nu=tree(state.nu))

@@ -45,6 +45,7 @@ from scirs2_optim_jax.transforms.description import (
     Offload,
     describe_of,
 )
+from scirs2_optim_jax.transforms.grouped import GroupedAdamState
 from scirs2_optim_jax.transforms.norms import global_norm
 
 __all__ = ["OnePassStep", "apply_gradients", "one_pass_step"]
@@ -68,11 +69,19 @@ class OnePassStep:
             equal to ``tx.update`` + ``optax.apply_updates`` for the gradients multiplied
             by ``grad_scale`` (a scalar) when given.
         to_canonical: ``(state, params) -> state`` in the chain's own layout, which
-            checkpoints store (the identity for every step the engine has today).
-        from_canonical: the inverse of ``to_canonical``.
+            checkpoints store: the identity, except for a state in the grouped layout.
+        from_canonical: the inverse of ``to_canonical`` (the identity: ``apply`` takes
+            the chain's own layout).
         apply_master: for Adam and AdamW, the master-weights pass
             ``(grads, state, master, params) -> (new_params, new_master, new_state)``, or
             None where it does not apply to these trees; None for other chains.
+        grouped: for Adam, AdamW and LAMB (clipped or not), ``(state, params) -> state``
+            with the moments in the grouped layout (one flat buffer per 256 leaves,
+            :func:`~scirs2_optim_jax.engine.adam_family.group_moments`), or None where the
+            kernel does not run on these parameters; None for other steps. ``apply`` takes
+            either layout and returns the one it was given. The grouped layout has two
+            arrays per 256 leaves instead of two per leaf, so a step that carries its
+            state through ``jit`` (Flax's) has fewer arrays to pass in and out.
     """
 
     name: str
@@ -80,6 +89,7 @@ class OnePassStep:
     to_canonical: Convert = _same_state
     from_canonical: Convert = _same_state
     apply_master: Callable[..., Any] | None = None
+    grouped: Convert | None = None
 
 
 def one_pass_step(tx: optax.GradientTransformation) -> OnePassStep | None:
@@ -144,9 +154,29 @@ def _adam_family_step(
 ) -> OnePassStep:
     parts = chain.parts
 
+    def to_canonical(state: Any, params: Any) -> Any:
+        if not isinstance(state[0], GroupedAdamState):
+            return state
+        return (af.ungroup_moments(state[0], params), *state[1:])
+
+    def grouped(state: Any, params: Any) -> Any:
+        float32 = params is not None and af.all_float32(params, state[0].mu, state[0].nu)
+        if isinstance(state[0], GroupedAdamState):
+            return state
+        if not af.kernel_applies(plan.name, plan.fused, float32, "params and moments"):
+            return None
+        return (af.group_moments(state[0], params), *state[1:])
+
     def apply(grads: Any, state: Any, params: Any, grad_scale: Any = None) -> tuple[Any, Any]:
         if not af.uses_kernel(plan, params, grads, state[0]):
-            updates, state = tx.update(_scaled(grads, grad_scale), state, params)
+            # A grouped state where the kernel does not run (other devices, other dtypes):
+            # the chain's own step on the chain's layout, the result grouped again.
+            layout = isinstance(state[0], GroupedAdamState)
+            updates, state = tx.update(
+                _scaled(grads, grad_scale), to_canonical(state, params), params
+            )
+            if layout:
+                state = (af.group_moments(state[0], params), *state[1:])
             return optax.apply_updates(params, updates), state
         scale = 1.0 if grad_scale is None else grad_scale
         new_params, new_state, _ = af.kernel_step(
@@ -163,7 +193,7 @@ def _adam_family_step(
         )
         return new_params, new_master, new_state
 
-    return OnePassStep(plan.name, apply, apply_master=apply_master)
+    return OnePassStep(plan.name, apply, to_canonical, apply_master=apply_master, grouped=grouped)
 
 
 def _clip_factor(clip: ClipByGlobalNorm, grads: Any) -> jax.Array:
@@ -206,8 +236,16 @@ def _clipped_step(tx: optax.GradientTransformation, chain: Chain) -> OnePassStep
     def from_canonical(state: tuple[Any, ...], params: Any) -> tuple[Any, ...]:
         return (*state[:-1], last_step.from_canonical(state[-1], params))
 
+    grouped = None
+    if last_step.grouped is not None:
+        last_grouped = last_step.grouped
+
+        def grouped(state: tuple[Any, ...], params: Any) -> tuple[Any, ...] | None:
+            last_state = last_grouped(state[-1], params)
+            return None if last_state is None else (*state[:-1], last_state)
+
     del tx
-    return OnePassStep(last_step.name, apply, to_canonical, from_canonical)
+    return OnePassStep(last_step.name, apply, to_canonical, from_canonical, grouped=grouped)
 
 
 def _streamed_step(described: Offload) -> OnePassStep | None:

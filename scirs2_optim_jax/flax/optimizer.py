@@ -7,10 +7,28 @@ from typing import Any
 import jax
 import optax
 from flax import nnx
+from flax.nnx.training.optimizer import to_opt_state
 
 from scirs2_optim_jax.engine import HostStep, host_step, one_pass_step
+from scirs2_optim_jax.transforms.grouped import GroupedAdamState
 
-__all__ = ["Optimizer"]
+__all__ = ["STATE_LAYOUTS", "Optimizer", "check_state_layout"]
+
+STATE_LAYOUTS = ("flax", "engine")
+
+
+def check_state_layout(layout: Any) -> str:
+    """``layout`` if it is one of :data:`STATE_LAYOUTS`, else a ``ValueError`` naming it."""
+    if layout not in STATE_LAYOUTS:
+        raise ValueError(f"state_layout must be one of {STATE_LAYOUTS}, got {layout!r}")
+    return layout
+
+
+def _is_grouped(opt_state: Any) -> bool:
+    return any(
+        isinstance(x, GroupedAdamState)
+        for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, GroupedAdamState))
+    )
 
 
 class Optimizer(nnx.Optimizer):
@@ -21,6 +39,16 @@ class Optimizer(nnx.Optimizer):
     step (:func:`scirs2_optim_jax.engine.one_pass_step`) and no extra arguments are passed,
     the new parameters and state come from that step (one pass over memory on a CPU device,
     the chain elsewhere); otherwise this is ``nnx.Optimizer.update`` itself.
+
+    ``state_layout="flax"`` (the default) keeps ``opt_state`` exactly as
+    ``nnx.Optimizer`` keeps it, so ``nnx.state(optimizer)`` saves and restores across the
+    two classes. ``state_layout="engine"`` lets the engine pick the layout its step runs
+    fastest from: where the CPU kernel runs Adam, AdamW or LAMB, Adam's moments become one
+    flat buffer per 256 parameter leaves (elsewhere it is Flax's layout). A jitted step
+    then passes two arrays per 256 leaves instead of two per leaf; on a model of many
+    leaves that is most of what the step costs (docs/flax.md). The numbers are the same;
+    only their arrangement in ``opt_state`` differs, so convert with
+    :meth:`set_state_layout` before exchanging checkpoints with ``nnx.Optimizer``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -37,6 +65,62 @@ class Optimizer(nnx.Optimizer):
         (True, 5)
     """
 
+    def __init__(
+        self,
+        model: Any,
+        tx: optax.GradientTransformation,
+        *,
+        wrt: Any,
+        state_layout: str = "flax",
+        **kwargs: Any,
+    ) -> None:
+        check_state_layout(state_layout)
+        super().__init__(model, tx, wrt=wrt, **kwargs)
+        if state_layout != "flax":
+            self.set_state_layout(model, state_layout)
+
+    def _params(self, model: Any) -> Any:
+        graph = {"graph": self.graph} if hasattr(self, "graph") else {}
+        return nnx.state(model, self.wrt, **graph)
+
+    def set_state_layout(self, model: Any, state_layout: str) -> None:
+        """Rearranges ``opt_state`` into ``state_layout`` (the numbers are unchanged).
+
+        ``"flax"``: the layout ``nnx.Optimizer(model, tx, wrt=...)`` holds, with the same
+        variable types, so ``nnx.state(optimizer)`` saves into and restores from Flax's
+        class. ``"engine"``: the layout the engine's step runs fastest from on this
+        backend (grouped moments where the CPU kernel runs, else Flax's).
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> from flax import nnx
+            >>> import scirs2_optim_jax as so
+            >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+            >>> opt = Optimizer(model, so.adam(0.1), wrt=nnx.Param, state_layout="engine")
+            >>> opt.set_state_layout(model, "flax")
+            >>> sorted(opt.opt_state[0].mu)
+            ['bias', 'kernel']
+        """
+        check_state_layout(state_layout)
+        step = one_pass_step(self.tx)
+        if step is None:
+            return
+        params = self._params(model)
+        pure_params = nnx.as_pure(params)
+        state = nnx.as_pure(self.opt_state)
+        if state_layout == "engine":
+            grouped = None if step.grouped is None else step.grouped(state, pure_params)
+            if grouped is not None and grouped is not state:
+                self.opt_state = nnx.data(to_opt_state(grouped))
+            return
+        canonical = step.to_canonical(state, pure_params)
+        if canonical is state:
+            return
+        # Flax's own variable types and metadata, then the values.
+        flax_state = to_opt_state(self.tx.init(params))
+        nnx.update(flax_state, nnx.state(canonical))
+        self.opt_state = nnx.data(flax_state)
+
     def update(self, model: Any, grads: Any, /, **kwargs: Any) -> optax.Updates:
         """Updates the parameters of ``model`` and the state from ``grads``.
 
@@ -47,7 +131,13 @@ class Optimizer(nnx.Optimizer):
         # offload(tx, compute="host"): the host step (outside jit); else the one-pass step.
         step = None if kwargs else (host_step(self.tx) or one_pass_step(self.tx))
         if step is None:
-            return super().update(model, grads, **kwargs)
+            if not _is_grouped(self.opt_state):
+                return super().update(model, grads, **kwargs)
+            # Extra arguments go to tx.update, which takes the chain's own layout.
+            self.set_state_layout(model, "flax")
+            updates = super().update(model, grads, **kwargs)
+            self.set_state_layout(model, "engine")
+            return updates
         graph = {"graph": self.graph} if hasattr(self, "graph") else {}
         params = nnx.as_pure(nnx.state(model, self.wrt, **graph))
         grad_arrays = nnx.as_pure(nnx.state(grads, self.wrt, **graph))

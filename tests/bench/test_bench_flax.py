@@ -21,9 +21,16 @@ def test_flax_path_reports_consistent_figures(path: str) -> None:
     assert result.dispatch_ms is not None and result.dispatch_ms > 0
     assert result.speedup == pytest.approx(result.optax_ms / result.ours_ms)
     assert result.torch_ms is None and result.vs_torch is None
+    # Ours with state_layout="engine", timed in the same rounds.
+    assert result.engine_ms is not None and result.engine_ms > 0
+    assert result.engine_dispatch_ms is not None and result.engine_dispatch_ms > 0
+    assert result.engine_compile_s is not None and result.engine_compile_s > 0
+    assert result.engine_speedup == pytest.approx(result.optax_ms / result.engine_ms)
+    assert result.engine_vs_torch is None
     row = flax_paths.format_row(result)
     assert row.split()[:2] == ["tiny", path]
-    assert set(result.as_dict()) >= {"speedup", "vs_torch", "dispatch_ms"}
+    assert f"{result.engine_speedup:.2f}x" in row.split()
+    assert set(result.as_dict()) >= {"speedup", "vs_torch", "dispatch_ms", "engine_speedup"}
 
 
 def test_flax_bench_command_rejects_other_configs(capsys: pytest.CaptureFixture[str]) -> None:
