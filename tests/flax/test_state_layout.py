@@ -129,6 +129,15 @@ def close(a, b):
 model, ours = train(so_flax.Optimizer, 5, state_layout="engine")
 flax_model, theirs = train(nnx.Optimizer, 5)
 print("arrays", len(jax.tree.leaves(nnx.state(ours))), len(jax.tree.leaves(nnx.state(theirs))))
+# Saved in the engine's layout, restored into an abstract optimizer of the same layout.
+with tempfile.TemporaryDirectory() as tmp, ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(f"{tmp}/engine", nnx.state(ours))
+    ckpt.wait_until_finished()
+    abstract = nnx.eval_shape(
+        lambda: so_flax.Optimizer(Wide(140), so.adamw(1e-2, weight_decay=0.1),
+                                  wrt=nnx.Param, state_layout="engine"))
+    restored = ckpt.restore(f"{tmp}/engine", nnx.state(abstract))
+    print("engine-restore", close(restored, nnx.state(ours)))
 print("params", close(nnx.state(model), nnx.state(flax_model)))
 # To Flax's layout: the state nnx.Optimizer holds, saved with plain Orbax, restored into it.
 ours.set_state_layout(model, "flax")
@@ -175,6 +184,8 @@ def test_engine_layout_through_flax_classes_on_one_device() -> None:
     # The optimizer's arrays: 2 x 2 grouped moments + count + step, against 2 x 280 + 2.
     assert out[:3] == ["arrays", "6", "562"]
     assert out[3:] == [
+        "engine-restore",
+        "True",
         "params",
         "True",
         "flax-layout",
