@@ -163,6 +163,17 @@ with tempfile.TemporaryDirectory() as tmp, ocp.StandardCheckpointer() as ckpt:
     print("resumed", close(nnx.state(ours2), nnx.state(theirs)),
           close(nnx.state(m2), nnx.state(flax_model)))
 
+# Extra arguments go to tx.update, which takes Flax's layout: converted there and back.
+m3, ours3 = train(so_flax.Optimizer, 0, state_layout="engine")
+m4, theirs4 = train(nnx.Optimizer, 0)
+grads = nnx.grad(lambda m: jnp.mean(m(jnp.ones((2, 4))) ** 2))
+ours3.update(m3, grads(m3), value=jnp.float32(1.0))
+theirs4.update(m4, grads(m4), value=jnp.float32(1.0))
+arrays = len(jax.tree.leaves(nnx.state(ours3)))
+ours3.set_state_layout(m3, "flax")
+print("kwargs", arrays, close(nnx.state(ours3), nnx.state(theirs4)),
+      close(nnx.state(m3), nnx.state(m4)))
+
 params = {f"w{i:03d}": jnp.full((3,), i / 300.0) for i in range(300)}
 grads = {k: jnp.sin(v + 1.0) for k, v in params.items()}
 ts = so_flax.TrainState.create(
@@ -193,6 +204,10 @@ def test_engine_layout_through_flax_classes_on_one_device() -> None:
         "into-flax",
         "True",
         "resumed",
+        "True",
+        "True",
+        "kwargs",
+        "6",
         "True",
         "True",
         "ts",
