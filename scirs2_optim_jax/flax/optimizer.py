@@ -10,7 +10,6 @@ from flax import nnx
 from flax.nnx.training.optimizer import to_opt_state
 
 from scirs2_optim_jax.engine import HostStep, host_step, one_pass_step
-from scirs2_optim_jax.transforms.grouped import GroupedAdamState
 
 __all__ = ["STATE_LAYOUTS", "Optimizer", "check_state_layout"]
 
@@ -24,21 +23,15 @@ def check_state_layout(layout: Any) -> str:
     return layout
 
 
-def _is_grouped(opt_state: Any) -> bool:
-    return any(
-        isinstance(x, GroupedAdamState)
-        for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, GroupedAdamState))
-    )
-
-
 class Optimizer(nnx.Optimizer):
     """``flax.nnx.Optimizer``, whose ``update`` runs the engine's one-pass step when it can.
 
     Same constructor (``Optimizer(model, tx, wrt=nnx.Param)``), same state variables
     (``step``, ``opt_state``), same ``update(model, grads)``. When ``tx`` has a one-pass
-    step (:func:`scirs2_optim_jax.engine.one_pass_step`) and no extra arguments are passed,
-    the new parameters and state come from that step (one pass over memory on a CPU device,
-    the chain elsewhere); otherwise this is ``nnx.Optimizer.update`` itself.
+    step (:func:`scirs2_optim_jax.engine.one_pass_step`), the new parameters and state come
+    from that step (one pass over memory on a CPU device, the chain elsewhere; extra
+    ``update`` arguments are accepted and, as in ``tx.update``, read by none of its
+    transformations); otherwise this is ``nnx.Optimizer.update`` itself.
 
     ``state_layout="flax"`` (the default) keeps ``opt_state`` exactly as
     ``nnx.Optimizer`` keeps it, so ``nnx.state(optimizer)`` saves and restores across the
@@ -129,15 +122,11 @@ class Optimizer(nnx.Optimizer):
             them; unused under ``jit`` they cost nothing (XLA drops them).
         """
         # offload(tx, compute="host"): the host step (outside jit); else the one-pass step.
-        step = None if kwargs else (host_step(self.tx) or one_pass_step(self.tx))
+        step = host_step(self.tx) or one_pass_step(self.tx)
         if step is None:
-            if not _is_grouped(self.opt_state):
-                return super().update(model, grads, **kwargs)
-            # Extra arguments go to tx.update, which takes the chain's own layout.
-            self.set_state_layout(model, "flax")
-            updates = super().update(model, grads, **kwargs)
-            self.set_state_layout(model, "engine")
-            return updates
+            return super().update(model, grads, **kwargs)
+        # Extra arguments (``value=loss``, ...) go to tx.update in Flax's class; no
+        # transformation of a chain with a one-pass step reads them, so the step ignores them.
         graph = {"graph": self.graph} if hasattr(self, "graph") else {}
         params = nnx.as_pure(nnx.state(model, self.wrt, **graph))
         grad_arrays = nnx.as_pure(nnx.state(grads, self.wrt, **graph))
