@@ -9,7 +9,7 @@ import optax
 from flax import nnx
 from flax.nnx.training.optimizer import to_opt_state
 
-from scirs2_optim_jax.engine import HostStep, host_step, one_pass_step
+from scirs2_optim_jax.engine import HostStep, OnePassStep, host_step, one_pass_step
 
 __all__ = ["STATE_LAYOUTS", "Optimizer", "check_state_layout"]
 
@@ -29,9 +29,10 @@ class Optimizer(nnx.Optimizer):
     Same constructor (``Optimizer(model, tx, wrt=nnx.Param)``), same state variables
     (``step``, ``opt_state``), same ``update(model, grads)``. When ``tx`` has a one-pass
     step (:func:`scirs2_optim_jax.engine.one_pass_step`), the new parameters and state come
-    from that step (one pass over memory on a CPU device, the chain elsewhere; extra
-    ``update`` arguments are accepted and, as in ``tx.update``, read by none of its
-    transformations); otherwise this is ``nnx.Optimizer.update`` itself.
+    from that step (one pass over memory on a CPU device, the chain elsewhere); otherwise
+    this is ``nnx.Optimizer.update`` itself. Extra ``update`` arguments (``value=loss``,
+    ...) go to ``tx.update`` through Flax's method, except for the Adam, AdamW and LAMB
+    chains (clipped or not), none of whose transformations reads them.
 
     ``state_layout="flax"`` (the default) keeps ``opt_state`` exactly as
     ``nnx.Optimizer`` keeps it, so ``nnx.state(optimizer)`` saves and restores across the
@@ -39,7 +40,8 @@ class Optimizer(nnx.Optimizer):
     fastest from: where the CPU kernel runs Adam, AdamW or LAMB, Adam's moments become one
     flat buffer per 256 parameter leaves (elsewhere it is Flax's layout). A jitted step
     then passes two arrays per 256 leaves instead of two per leaf; on a model of many
-    leaves that is most of what the step costs (docs/flax.md). The numbers are the same;
+    leaves that is most of what the step costs (docs/optimizers.md, "In Flax's training
+    loops"). The numbers are the same;
     only their arrangement in ``opt_state`` differs, so convert with
     :meth:`set_state_layout` before exchanging checkpoints with ``nnx.Optimizer``.
 
@@ -101,12 +103,18 @@ class Optimizer(nnx.Optimizer):
         params = self._params(model)
         pure_params = nnx.as_pure(params)
         state = nnx.as_pure(self.opt_state)
-        if state_layout == "engine":
-            grouped = None if step.grouped is None else step.grouped(state, pure_params)
-            if grouped is not None and grouped is not state:
-                self.opt_state = nnx.data(to_opt_state(grouped))
-            return
-        canonical = step.to_canonical(state, pure_params)
+        try:
+            if state_layout == "engine":
+                grouped = None if step.grouped is None else step.grouped(state, pure_params)
+                if grouped is not None and grouped is not state:
+                    self.opt_state = nnx.data(to_opt_state(grouped))
+                return
+            canonical = step.to_canonical(state, pure_params)
+        except ValueError as error:
+            raise ValueError(
+                "Optimizer.set_state_layout: the parameters of model (filtered by wrt) do "
+                f"not match the optimizer state ({error})"
+            ) from error
         if canonical is state:
             return
         # Flax's own variable types and metadata, then the values.
@@ -123,10 +131,11 @@ class Optimizer(nnx.Optimizer):
         """
         # offload(tx, compute="host"): the host step (outside jit); else the one-pass step.
         step = host_step(self.tx) or one_pass_step(self.tx)
-        if step is None:
+        # Extra arguments are for tx.update, except where no part of the chain reads them:
+        # the chains that have a grouped layout (Adam, AdamW, LAMB, clipped or not).
+        takes_kwargs = isinstance(step, OnePassStep) and step.grouped is not None
+        if step is None or (kwargs and not takes_kwargs):
             return super().update(model, grads, **kwargs)
-        # Extra arguments (``value=loss``, ...) go to tx.update in Flax's class; no
-        # transformation of a chain with a one-pass step reads them, so the step ignores them.
         graph = {"graph": self.graph} if hasattr(self, "graph") else {}
         params = nnx.as_pure(nnx.state(model, self.wrt, **graph))
         grad_arrays = nnx.as_pure(nnx.state(grads, self.wrt, **graph))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from flax.training import train_state
@@ -11,6 +12,12 @@ from scirs2_optim_jax.engine import host_step, one_pass_step
 from scirs2_optim_jax.flax.optimizer import check_state_layout
 
 __all__ = ["TrainState"]
+
+
+def _overwrites(tree: Any) -> bool:
+    """Whether ``tree`` (a dict or ``FrozenDict``) has an ``overwrite_with_gradient``
+    collection, which Flax's ``apply_gradients`` treats apart."""
+    return isinstance(tree, Mapping) and OVERWRITE_WITH_GRADIENT in tree
 
 
 class TrainState(train_state.TrainState):
@@ -64,14 +71,18 @@ class TrainState(train_state.TrainState):
         step = one_pass_step(self.tx)
         # With an overwrite_with_gradient collection Flax's apply_gradients updates part
         # of the parameters through tx.update: that state keeps Flax's layout.
-        overwrite = isinstance(self.params, dict) and OVERWRITE_WITH_GRADIENT in self.params
-        if step is None or overwrite:
+        if step is None or _overwrites(self.params):
             return self
-        if state_layout == "flax":
-            opt_state = step.to_canonical(self.opt_state, self.params)
-        else:
-            grouped = None if step.grouped is None else step.grouped(self.opt_state, self.params)
-            opt_state = self.opt_state if grouped is None else grouped
+        try:
+            if state_layout == "flax":
+                opt_state = step.to_canonical(self.opt_state, self.params)
+            else:
+                grouped = step.grouped and step.grouped(self.opt_state, self.params)
+                opt_state = self.opt_state if grouped is None else grouped
+        except ValueError as error:
+            raise ValueError(
+                f"TrainState.with_state_layout: params and opt_state do not match ({error})"
+            ) from error
         return self if opt_state is self.opt_state else self.replace(opt_state=opt_state)
 
     def apply_gradients(self, *, grads: Any, **kwargs: Any) -> TrainState:
@@ -79,7 +90,7 @@ class TrainState(train_state.TrainState):
         replaced, as Flax's ``apply_gradients``."""
         # offload(tx, compute="host"): the host step (outside jit); else the one-pass step.
         step = host_step(self.tx) or one_pass_step(self.tx)
-        if step is None or (isinstance(grads, dict) and OVERWRITE_WITH_GRADIENT in grads):
+        if step is None or _overwrites(grads):
             return super().apply_gradients(grads=grads, **kwargs)
         params, opt_state = step.apply(grads, self.opt_state, self.params)
         return self.replace(step=self.step + 1, params=params, opt_state=opt_state, **kwargs)

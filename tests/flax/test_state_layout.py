@@ -9,9 +9,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
+from flax.core import FrozenDict
 from flax.training import train_state
+from flax.training.train_state import OVERWRITE_WITH_GRADIENT
 from helpers import run_on_one_device
 
 import scirs2_optim_jax as so
@@ -57,7 +60,7 @@ for name, tx in txs.items():
     print(name, isinstance(adam, GroupedAdamState), sizes == expected, equal(p1, p2),
           same_state, kernel)
 
-# bfloat16 gradients: the kernel's Adam takes them; float16 ones it does not, so a grouped
+# float16 gradients: the kernel does not take them (it takes float32 ones), so a grouped
 # state takes the chain's own step and comes back grouped, equal to the tree layout's step.
 tx = so.adam(1e-2)
 step = one_pass_step(tx)
@@ -163,6 +166,11 @@ with tempfile.TemporaryDirectory() as tmp, ocp.StandardCheckpointer() as ckpt:
     print("resumed", close(nnx.state(ours2), nnx.state(theirs)),
           close(nnx.state(m2), nnx.state(flax_model)))
 
+# A model other than the optimizer's is refused by name.
+try:
+    ours.set_state_layout(Wide(3), "engine")
+except ValueError as e:
+    print("wrong-model", str(e).startswith("Optimizer.set_state_layout: the parameters"))
 # Extra arguments (read by none of these transformations): the same step, still grouped.
 m3, ours3 = train(so_flax.Optimizer, 0, state_layout="engine")
 m4, theirs4 = train(nnx.Optimizer, 0)
@@ -205,6 +213,8 @@ def test_engine_layout_through_flax_classes_on_one_device() -> None:
         "True",
         "resumed",
         "True",
+        "True",
+        "wrong-model",
         "True",
         "kwargs",
         "6",
@@ -258,3 +268,52 @@ def test_state_layout_is_checked_by_name() -> None:
     with pytest.raises(ValueError, match=r"got None"):
         opt.set_state_layout(model, None)  # type: ignore[arg-type]
     np.testing.assert_array_equal(np.asarray(opt.step[...]), 0)
+
+
+def test_extra_update_arguments_reach_the_transformations_that_read_them() -> None:
+    """reduce_on_plateau reads ``value``: under with_master_weights (a one-pass step of
+    its own) the argument still reaches it, as through ``nnx.Optimizer``."""
+
+    def tx() -> optax.GradientTransformation:
+        plateau = optax.contrib.reduce_on_plateau(patience=0, cooldown=0, factor=0.5)
+        return so.with_master_weights(optax.chain(optax.adam(1e-2), plateau))
+
+    models = [nnx.Linear(3, 2, rngs=nnx.Rngs(0)) for _ in range(2)]
+    ours = so_flax.Optimizer(models[0], tx(), wrt=nnx.Param)
+    theirs = nnx.Optimizer(models[1], tx(), wrt=nnx.Param)
+    for loss in (1.0, 2.0, 3.0):
+        for model, optimizer in zip(models, (ours, theirs), strict=True):
+            grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((1, 3))) ** 2))(model)
+            with jax.numpy_dtype_promotion("standard"):  # optax's own code relies on it
+                optimizer.update(model, grads, value=jnp.float32(loss))
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(ours)), jax.tree.leaves(nnx.state(theirs)), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # An argument the host step cannot take is refused, as offload's update refuses it.
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    host = so_flax.Optimizer(model, so.offload(so.adamw(1e-3), compute="host"), wrt=nnx.Param)
+    grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+    with pytest.raises(TypeError, match=r"update takes no extra arguments, got \['valeu'\]"):
+        host.update(model, grads, valeu=1.0)
+
+
+def test_train_state_with_a_frozen_overwrite_collection_is_flax_s() -> None:
+    """A FrozenDict with an overwrite_with_gradient collection goes through Flax's
+    apply_gradients, in Flax's layout, as Flax's class does."""
+    params = FrozenDict(
+        {"params": {"w": jnp.ones(3)}, OVERWRITE_WITH_GRADIENT: {"scale": jnp.zeros(2)}}
+    )
+    grads = FrozenDict(
+        {"params": {"w": jnp.full(3, 0.5)}, OVERWRITE_WITH_GRADIENT: {"scale": jnp.ones(2)}}
+    )
+    ours = so_flax.TrainState.create(
+        apply_fn=None, params=params, tx=so.adamw(0.1), state_layout="engine"
+    )
+    theirs = train_state.TrainState.create(apply_fn=None, params=params, tx=so.adamw(0.1))
+    for _ in range(3):
+        ours = ours.apply_gradients(grads=grads)
+        theirs = theirs.apply_gradients(grads=grads)
+    assert jax.tree.structure(ours.opt_state) == jax.tree.structure(theirs.opt_state)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
