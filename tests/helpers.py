@@ -1,4 +1,5 @@
-"""Shared test helpers: random trees, an optax oracle runner, a compilation counter."""
+"""Shared test helpers: random trees, an optax oracle runner, a compilation counter, a small
+MLP problem for the data-parallel steps."""
 
 from __future__ import annotations
 
@@ -115,3 +116,24 @@ def run_on_one_device(code: str) -> list[str]:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     return out.stdout.split()
+
+
+def mlp_loss(params: dict, batch: dict) -> jax.Array:
+    """The loss of :func:`mlp_problem`'s one-hidden-layer MLP."""
+    h = jnp.tanh(batch["x"] @ params["w1"] + params["b1"])
+    return jnp.mean((h @ params["w2"] - batch["y"]) ** 2)
+
+
+def mlp_problem(dtype: Any = jnp.float32) -> tuple[dict, dict]:
+    """``(params, batch)``: a 7-13-3 MLP and a batch of 16 (divisible by 8 devices)."""
+    rng = np.random.default_rng(0)
+    params = {
+        "w1": jnp.asarray(rng.standard_normal((7, 13)), dtype),
+        "b1": jnp.zeros(13, dtype),
+        "w2": jnp.asarray(rng.standard_normal((13, 3)), dtype),
+    }
+    batch = {
+        "x": jnp.asarray(rng.standard_normal((16, 7)), dtype),
+        "y": jnp.asarray(rng.standard_normal((16, 3)), dtype),
+    }
+    return params, batch

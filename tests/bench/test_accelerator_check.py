@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import mlp_loss, mlp_problem
 
 import scirs2_optim_jax as so
 from scirs2_optim_jax import engine, parallel
@@ -145,37 +146,18 @@ def test_fallback_bf16_leaves_take_the_chain() -> None:
     _close(got, want, rtol=0)
 
 
-def _loss(params: dict, batch: dict) -> jax.Array:
-    h = jnp.tanh(batch["x"] @ params["w1"] + params["b1"])
-    return jnp.mean((h @ params["w2"] - batch["y"]) ** 2)
-
-
-def _problem(dtype: object = jnp.float32) -> tuple[dict, dict]:
-    rng = np.random.default_rng(0)
-    params = {
-        "w1": jnp.asarray(rng.standard_normal((7, 13)), dtype),
-        "b1": jnp.zeros(13, dtype),
-        "w2": jnp.asarray(rng.standard_normal((13, 3)), dtype),
-    }
-    batch = {
-        "x": jnp.asarray(rng.standard_normal((16, 7)), dtype),
-        "y": jnp.asarray(rng.standard_normal((16, 3)), dtype),
-    }
-    return params, batch
-
-
 def _chain(axis: str | None) -> optax.GradientTransformation:
     return so.chain(so.clip_by_global_norm(1.0, axis_name=axis), so.adamw(1e-2, weight_decay=0.1))
 
 
 def _plain_run() -> dict:
-    params, batch = _problem()
+    params, batch = mlp_problem()
     tx = _chain(None)
     state = tx.init(params)
 
     @jax.jit
     def step(params: dict, state: object) -> tuple:
-        grads = jax.grad(_loss)(params, batch)
+        grads = jax.grad(mlp_loss)(params, batch)
         return engine.apply_gradients(tx, grads, state, params)
 
     for _ in range(5):
@@ -184,11 +166,13 @@ def _plain_run() -> dict:
 
 
 def _data_parallel_run(stage: int, compute: str | None) -> tuple:
-    params, batch = _problem()
+    params, batch = mlp_problem()
     tx = _chain("data" if stage else None)
     if compute is not None:
         tx = so.offload(tx, compute=compute)
-    step = parallel.make_data_parallel_step(_loss, tx, parallel.make_data_mesh(1), zero_stage=stage)
+    step = parallel.make_data_parallel_step(
+        mlp_loss, tx, parallel.make_data_mesh(1), zero_stage=stage
+    )
     p, s = step.init(params)
     for _ in range(5):
         p, s, _metrics = step(p, s, batch)
@@ -203,6 +187,17 @@ def test_zero_on_one_device_equals_the_plain_step(stage: int) -> None:
     _close(params, _plain_run())
 
 
+def _assert_state_where_offload_keeps_it(state: object, compute: str) -> None:
+    """The state's arrays in ``pinned_host`` of the default device (``compute="device"``),
+    or on the host's CPU device (``compute="host"``)."""
+    arrays = [x for x in jax.tree.leaves(state) if x.ndim]
+    if compute == "device":
+        assert {x.sharding.memory_kind for x in arrays} == {"pinned_host"}
+        assert {d for x in arrays for d in x.devices()} == {DEVICE}
+    else:
+        assert {d for x in arrays for d in x.devices()} == {engine.host_device()}
+
+
 @pytest.mark.parametrize("compute", ["device", "host"])
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_zero_offload_on_one_device_equals_the_plain_step(stage: int, compute: str) -> None:
@@ -210,12 +205,7 @@ def test_zero_offload_on_one_device_equals_the_plain_step(stage: int, compute: s
     for leaf in jax.tree.leaves(params):
         assert leaf.devices() == {DEVICE}
     _close(params, _plain_run())
-    arrays = [x for x in jax.tree.leaves(state) if x.ndim]
-    if compute == "device":
-        assert {x.sharding.memory_kind for x in arrays} == {"pinned_host"}
-        assert {d for x in arrays for d in x.devices()} == {DEVICE}
-    else:
-        assert {d for x in arrays for d in x.devices()} == {engine.host_device()}
+    _assert_state_where_offload_keeps_it(state, compute)
 
 
 @pytest.mark.parametrize("compute", ["device", "host"])
@@ -231,12 +221,7 @@ def test_offload_step_on_the_default_device_keeps_the_state_on_the_host(compute:
     want, _ = _train(so.adamw(1e-2, weight_decay=0.05), one_pass=False)
     _close(params, want)
     _on_default_device(params)
-    arrays = [x for x in jax.tree.leaves(state) if x.ndim]
-    if compute == "device":
-        assert {x.sharding.memory_kind for x in arrays} == {"pinned_host"}
-        assert {d for x in arrays for d in x.devices()} == {DEVICE}
-    else:
-        assert {d for x in arrays for d in x.devices()} == {engine.host_device()}
+    _assert_state_where_offload_keeps_it(state, compute)
 
 
 def test_offload_bf16_params_with_master_weights_on_the_host() -> None:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import count_compilations
+from helpers import count_compilations, mlp_loss, mlp_problem
 from jax.sharding import PartitionSpec as P
 
 import scirs2_optim_jax as so
@@ -17,28 +17,11 @@ from scirs2_optim_jax import engine, parallel
 STEPS = 5
 
 
-def _loss(params: dict, batch: dict) -> jax.Array:
-    h = jnp.tanh(batch["x"] @ params["w1"] + params["b1"])
-    return jnp.mean((h @ params["w2"] - batch["y"]) ** 2)
-
-
-def _problem(dtype: object = jnp.float32) -> tuple[dict, dict]:
-    rng = np.random.default_rng(0)
-    params = {
-        "w1": jnp.asarray(rng.standard_normal((7, 13)), dtype),
-        "b1": jnp.zeros(13, dtype),
-        "w2": jnp.asarray(rng.standard_normal((13, 3)), dtype),
-    }
-    batch = {
-        "x": jnp.asarray(rng.standard_normal((16, 7)), dtype),
-        "y": jnp.asarray(rng.standard_normal((16, 3)), dtype),
-    }
-    return params, batch
-
-
 def _run(tx: optax.GradientTransformation, stage: int, dtype: object = jnp.float32) -> tuple:
-    params, batch = _problem(dtype)
-    step = parallel.make_data_parallel_step(_loss, tx, parallel.make_data_mesh(8), zero_stage=stage)
+    params, batch = mlp_problem(dtype)
+    step = parallel.make_data_parallel_step(
+        mlp_loss, tx, parallel.make_data_mesh(8), zero_stage=stage
+    )
     p, s = step.init(params)
     losses = []
     for _ in range(STEPS):
@@ -100,7 +83,7 @@ def test_host_compute_refuses_a_multi_process_run(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     with pytest.raises(ValueError, match="one process"):
         parallel.make_data_parallel_step(
-            _loss, so.offload(so.adamw(1e-2), compute="host"), parallel.make_data_mesh(8)
+            mlp_loss, so.offload(so.adamw(1e-2), compute="host"), parallel.make_data_mesh(8)
         )
 
 
@@ -109,7 +92,7 @@ def test_host_update_runs_the_fused_kernel_with_many_devices() -> None:
     # the host's one CPU device and takes it.
     assert jax.device_count() == 8
     tx = so.offload(so.chain(so.clip_by_global_norm(1.0), so.adamw(1e-2)), compute="host")
-    params, _ = _problem()
+    params, _ = mlp_problem()
     state = tx.init(params)
     hlo = engine.host_step(tx).lower(params, state, params).as_text()
     assert "scirs2_adam_step" in hlo
@@ -133,10 +116,10 @@ def test_host_update_keeps_replicated_caller_arrays() -> None:
 
 @pytest.mark.parametrize("compute", ["device", "host"])
 def test_no_donation_leaves_the_state_alive(compute: str) -> None:
-    params, batch = _problem()
+    params, batch = mlp_problem()
     tx = so.offload(so.adamw(1e-2), compute=compute)
     step = parallel.make_data_parallel_step(
-        _loss, tx, parallel.make_data_mesh(8), zero_stage=1, donate=False
+        mlp_loss, tx, parallel.make_data_mesh(8), zero_stage=1, donate=False
     )
     p, s = step.init(params)
     step(p, s, batch)
@@ -146,11 +129,11 @@ def test_no_donation_leaves_the_state_alive(compute: str) -> None:
 def test_host_step_returns_replicated_params_and_compiles_once() -> None:
     # The new parameters come back as slices, all-gathered on the devices: replicated as
     # they went in, so later steps reuse every compiled program.
-    params, batch = _problem()
+    params, batch = mlp_problem()
     tx = so.offload(
         so.chain(so.clip_by_global_norm(1.0, axis_name="data"), so.adamw(1e-2)), compute="host"
     )
-    step = parallel.make_data_parallel_step(_loss, tx, parallel.make_data_mesh(8), zero_stage=2)
+    step = parallel.make_data_parallel_step(mlp_loss, tx, parallel.make_data_mesh(8), zero_stage=2)
     p, s = step.init(params)
     p, s, _ = step(p, s, batch)
     p, s, _ = step(p, s, batch)
