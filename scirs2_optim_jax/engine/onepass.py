@@ -160,9 +160,9 @@ def _adam_family_step(
         return (af.ungroup_moments(state[0], params), *state[1:])
 
     def grouped(state: Any, params: Any) -> Any:
-        float32 = params is not None and af.all_float32(params, state[0].mu, state[0].nu)
         if isinstance(state[0], GroupedAdamState):
             return state
+        float32 = params is not None and af.all_float32(params, state[0].mu, state[0].nu)
         if not af.kernel_applies(plan.name, plan.fused, float32, "params and moments"):
             return None
         return (af.group_moments(state[0], params), *state[1:])
@@ -230,11 +230,15 @@ def _clipped_step(tx: optax.GradientTransformation, chain: Chain) -> OnePassStep
         # Clipping is stateless (EmptyState), so only the last slot changes.
         return new_params, (*state[:-1], last_state)
 
+    def with_last(state: tuple[Any, ...], last_state: Any) -> tuple[Any, ...]:
+        # The same object when the last slot is unchanged: callers test for "no conversion".
+        return state if last_state is state[-1] else (*state[:-1], last_state)
+
     def to_canonical(state: tuple[Any, ...], params: Any) -> tuple[Any, ...]:
-        return (*state[:-1], last_step.to_canonical(state[-1], params))
+        return with_last(state, last_step.to_canonical(state[-1], params))
 
     def from_canonical(state: tuple[Any, ...], params: Any) -> tuple[Any, ...]:
-        return (*state[:-1], last_step.from_canonical(state[-1], params))
+        return with_last(state, last_step.from_canonical(state[-1], params))
 
     grouped = None
     if last_step.grouped is not None:
@@ -242,7 +246,7 @@ def _clipped_step(tx: optax.GradientTransformation, chain: Chain) -> OnePassStep
 
         def grouped(state: tuple[Any, ...], params: Any) -> tuple[Any, ...] | None:
             last_state = last_grouped(state[-1], params)
-            return None if last_state is None else (*state[:-1], last_state)
+            return None if last_state is None else with_last(state, last_state)
 
     del tx
     return OnePassStep(last_step.name, apply, to_canonical, from_canonical, grouped=grouped)

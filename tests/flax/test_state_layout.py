@@ -18,6 +18,7 @@ from flax.training.train_state import OVERWRITE_WITH_GRADIENT
 from helpers import run_on_one_device
 
 import scirs2_optim_jax as so
+from scirs2_optim_jax import engine
 from scirs2_optim_jax import flax as so_flax
 
 ENGINE_CHECKS = """
@@ -241,6 +242,12 @@ def test_engine_layout_keeps_flax_layout_where_the_kernel_does_not_run() -> None
     )
     flax_ts = train_state.TrainState.create(apply_fn=None, params=params, tx=so.adam(0.1))
     assert jax.tree.structure(ts.opt_state) == jax.tree.structure(flax_ts.opt_state)
+    # A state already in the chain's layout is not converted (the same object comes back).
+    clipped = so.chain(so.clip_by_global_norm(1.0), so.adamw(1e-2))
+    state = clipped.init(params)
+    assert engine.one_pass_step(clipped).to_canonical(state, params) is state
+    ts = so_flax.TrainState.create(apply_fn=None, params=params, tx=clipped)
+    assert ts.with_state_layout("flax") is ts
 
 
 @pytest.mark.parametrize("tx", [so.sgd(0.1, momentum=0.9), so.adafactor(1e-2)])
